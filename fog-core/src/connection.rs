@@ -1,0 +1,264 @@
+//! An established, authenticated, encrypted connection to a peer, whatever its transport.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::attempt::{PathKind, Protocol};
+use crate::event::{Event, EventBus};
+use crate::identity::PeerId;
+
+/// The sending half of a stream.
+pub type SendHalf = Box<dyn AsyncWrite + Send + Unpin>;
+/// The receiving half of a stream.
+pub type RecvHalf = Box<dyn AsyncRead + Send + Unpin>;
+
+/// Errors of an established connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// The connection is closed (by either side, or it timed out).
+    #[error("connection closed: {0}")]
+    Closed(String),
+    /// Stream-level failure.
+    #[error("stream error: {0}")]
+    Stream(String),
+}
+
+/// Byte counters a transport keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Bytes sent on the wire.
+    pub bytes_sent: u64,
+    /// Bytes received from the wire.
+    pub bytes_received: u64,
+    /// Current smoothed round trip, when the transport measures one.
+    pub rtt: Option<Duration>,
+}
+
+/// What a transport implements to become a [`Connection`].
+pub trait TransportConnection: Send + Sync + 'static {
+    /// Opens a new bidirectional stream.
+    fn open_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), ConnectionError>>;
+    /// Waits for the peer to open a bidirectional stream.
+    fn accept_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), ConnectionError>>;
+    /// Byte counters.
+    fn counters(&self) -> TransportCounters;
+    /// The peer's current address.
+    fn remote_addr(&self) -> SocketAddr;
+    /// The local address.
+    fn local_addr(&self) -> SocketAddr;
+    /// Closes the connection, telling the peer why.
+    fn close(&self, reason: &str);
+    /// Resolves when the connection has ended, with the reason.
+    fn closed(&self) -> BoxFuture<'_, String>;
+}
+
+/// Connection statistics, including the upload and download speed the original FogConnect
+/// reported (`fc_get_uploadspeed` / `fc_get_downloadspeed`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConnectionStats {
+    /// Bytes sent on the wire (including transport overhead).
+    pub bytes_sent: u64,
+    /// Bytes received from the wire.
+    pub bytes_received: u64,
+    /// Bytes per second sent, over the window since the previous sample (at least 250 ms).
+    pub upload_bps: f64,
+    /// Bytes per second received, over the same window.
+    pub download_bps: f64,
+    /// Smoothed round trip, when known.
+    pub rtt: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct RateSample {
+    at: Instant,
+    sent: u64,
+    received: u64,
+    upload_bps: f64,
+    download_bps: f64,
+}
+
+const MIN_RATE_WINDOW: Duration = Duration::from_millis(250);
+
+struct Inner {
+    transport: Box<dyn TransportConnection>,
+    peer: PeerId,
+    protocol: Protocol,
+    path: PathKind,
+    connect_time: Duration,
+    events: EventBus,
+    rate: Mutex<RateSample>,
+}
+
+/// An authenticated, encrypted connection to a peer. Cheap to clone; closed when
+/// [`close`](Connection::close) is called or the peer goes away.
+#[derive(Clone)]
+pub struct Connection {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.inner.peer)
+            .field("protocol", &self.inner.protocol)
+            .field("path", &self.inner.path)
+            .field("remote", &self.remote_addr())
+            .finish()
+    }
+}
+
+impl Connection {
+    /// Wraps a transport connection whose remote key was checked to be `peer`.
+    pub fn new(
+        transport: Box<dyn TransportConnection>,
+        peer: PeerId,
+        protocol: Protocol,
+        path: PathKind,
+        connect_time: Duration,
+        events: EventBus,
+    ) -> Self {
+        let counters = transport.counters();
+        Connection {
+            inner: Arc::new(Inner {
+                transport,
+                peer,
+                protocol,
+                path,
+                connect_time,
+                events,
+                rate: Mutex::new(RateSample {
+                    at: Instant::now(),
+                    sent: counters.bytes_sent,
+                    received: counters.bytes_received,
+                    upload_bps: 0.0,
+                    download_bps: 0.0,
+                }),
+            }),
+        }
+    }
+
+    /// The peer's id, checked during the transport handshake.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer
+    }
+
+    /// The transport protocol (the original's `fc_get_connect_protocol`).
+    pub fn protocol(&self) -> Protocol {
+        self.inner.protocol
+    }
+
+    /// Direct or relayed.
+    pub fn path_kind(&self) -> PathKind {
+        self.inner.path
+    }
+
+    /// Time from the connect request to the established connection.
+    pub fn connect_time(&self) -> Duration {
+        self.inner.connect_time
+    }
+
+    /// The peer's address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.inner.transport.remote_addr()
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.transport.local_addr()
+    }
+
+    /// Opens a bidirectional stream to the peer.
+    pub async fn open_bi(&self) -> Result<(SendHalf, RecvHalf), ConnectionError> {
+        let stream = self.inner.transport.open_bi().await?;
+        self.inner.events.emit(Event::StreamOpened {
+            peer: self.inner.peer,
+        });
+        Ok(stream)
+    }
+
+    /// Waits for the peer to open a bidirectional stream.
+    pub async fn accept_bi(&self) -> Result<(SendHalf, RecvHalf), ConnectionError> {
+        self.inner.transport.accept_bi().await
+    }
+
+    /// Byte counts and current speeds.
+    pub fn stats(&self) -> ConnectionStats {
+        let counters = self.inner.transport.counters();
+        let mut rate = self.inner.rate.lock().unwrap_or_else(|e| e.into_inner());
+        let window = rate.at.elapsed();
+        if window >= MIN_RATE_WINDOW {
+            let secs = window.as_secs_f64();
+            rate.upload_bps = counters.bytes_sent.saturating_sub(rate.sent) as f64 / secs;
+            rate.download_bps = counters.bytes_received.saturating_sub(rate.received) as f64 / secs;
+            rate.at = Instant::now();
+            rate.sent = counters.bytes_sent;
+            rate.received = counters.bytes_received;
+        }
+        ConnectionStats {
+            bytes_sent: counters.bytes_sent,
+            bytes_received: counters.bytes_received,
+            upload_bps: rate.upload_bps,
+            download_bps: rate.download_bps,
+            rtt: counters.rtt,
+        }
+    }
+
+    /// Closes the connection.
+    pub fn close(&self, reason: &str) {
+        self.inner.transport.close(reason);
+    }
+
+    /// Waits until the connection has ended and reports it as a `Disconnected` event.
+    pub async fn closed(&self) -> String {
+        let reason = self.inner.transport.closed().await;
+        self.inner.events.emit(Event::Disconnected {
+            peer: self.inner.peer,
+            reason: reason.clone(),
+        });
+        reason
+    }
+}
+
+/// A bidirectional stream as one value that is both `AsyncRead` and `AsyncWrite`, for APIs that
+/// want a single IO object.
+pub struct BiStream {
+    /// Where writes go.
+    pub send: SendHalf,
+    /// Where reads come from.
+    pub recv: RecvHalf,
+}
+
+impl AsyncRead for BiStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.recv).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BiStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.send).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.send).poll_shutdown(cx)
+    }
+}

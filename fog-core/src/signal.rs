@@ -1,0 +1,248 @@
+//! The signal protocol: JSON messages over a WebSocket between nodes and the signal server, and
+//! the [`Signaller`] a signal layer uses to exchange offers and answers.
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::attempt::{Candidate, NatProfile, PeerRef, Protocol, SessionKeys};
+use crate::error::ConnectError;
+use crate::identity::PeerId;
+
+/// Default WebSocket path of the signal server.
+pub const SIGNAL_PATH: &str = "/ws";
+/// Default signal server port.
+pub const SIGNAL_PORT: u16 = 7600;
+/// Largest message the server handles; larger ones are answered with `too_large`.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+/// Protocol version sent in the challenge.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The bytes a node signs to register: a domain tag, the server's nonce, the node's key.
+pub fn registration_message(nonce: &[u8], peer: &PeerId) -> Vec<u8> {
+    let mut message = b"fog-register-v1:".to_vec();
+    message.extend_from_slice(nonce);
+    message.extend_from_slice(peer.as_bytes());
+    message
+}
+
+/// One side's half of a session: candidates, protocols and (in offers) the check secret.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDescription {
+    /// The connectivity-check secret, hex; only in offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Candidate addresses.
+    #[serde(default)]
+    pub candidates: Vec<Candidate>,
+    /// Accepted protocols, preferred first.
+    #[serde(default)]
+    pub protocols: Vec<Protocol>,
+    /// NAT profile, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<NatProfile>,
+}
+
+/// Error codes the server sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, or not a known message.
+    BadMessage,
+    /// Larger than [`MAX_MESSAGE`].
+    TooLarge,
+    /// A request that needs registration came first.
+    NotRegistered,
+    /// A second registration on one connection.
+    AlreadyRegistered,
+    /// The challenge signature does not verify.
+    BadSignature,
+    /// The name is held by another key.
+    NameTaken,
+    /// The name is not a valid peer name.
+    InvalidName,
+    /// No such peer id or name.
+    PeerUnknown,
+    /// Known, but not connected now.
+    PeerOffline,
+}
+
+/// Messages from a node to the server.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Answer to the challenge: proves the node holds `peer`'s key.
+    Register {
+        /// The node's key.
+        peer: PeerId,
+        /// Optional name to bind to the key.
+        #[serde(default)]
+        name: Option<String>,
+        /// Hex signature over [`registration_message`].
+        signature: String,
+    },
+    /// Look up a name.
+    Resolve {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// The name.
+        name: String,
+    },
+    /// An offer to a peer (by id or name).
+    Offer {
+        /// Peer id or name.
+        to: String,
+        /// Session id, hex.
+        session: String,
+        /// Our half.
+        body: SessionDescription,
+    },
+    /// The answer to an offer.
+    Answer {
+        /// The offering peer.
+        to: PeerId,
+        /// Session id, hex.
+        session: String,
+        /// Our half.
+        body: SessionDescription,
+    },
+    /// Refusal of an offer.
+    Reject {
+        /// The offering peer.
+        to: PeerId,
+        /// Session id, hex.
+        session: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Messages from the server to a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// Sent on connect: sign this nonce to register.
+    Challenge {
+        /// 32 random bytes, hex.
+        nonce: String,
+        /// Protocol version.
+        version: u32,
+    },
+    /// Registration accepted.
+    Registered {
+        /// The node's key.
+        peer: PeerId,
+        /// Its name.
+        name: Option<String>,
+        /// STUN servers to use (`host:port`).
+        stun: Vec<String>,
+        /// Relay servers to use.
+        relays: Vec<String>,
+    },
+    /// A name lookup's result.
+    Resolved {
+        /// The request id.
+        id: u64,
+        /// The name.
+        name: String,
+        /// Its key.
+        peer: PeerId,
+    },
+    /// A peer's offer.
+    Offer {
+        /// The offering peer, as the server verified it.
+        from: PeerId,
+        /// Its name, when it has one.
+        from_name: Option<String>,
+        /// Session id.
+        session: String,
+        /// Its half.
+        body: SessionDescription,
+    },
+    /// A peer's answer.
+    Answer {
+        /// The answering peer, as the server verified it.
+        from: PeerId,
+        /// Its name, when it has one.
+        from_name: Option<String>,
+        /// Session id.
+        session: String,
+        /// Its half.
+        body: SessionDescription,
+    },
+    /// A peer refused our offer.
+    Reject {
+        /// The refusing peer.
+        from: PeerId,
+        /// Session id.
+        session: String,
+        /// Why.
+        reason: String,
+    },
+    /// A request failed.
+    Error {
+        /// What failed.
+        code: ErrorCode,
+        /// In words.
+        message: String,
+        /// The request id, for `resolve`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The session, for `offer` / `answer`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+    },
+}
+
+/// What the peer answered to an offer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerFrom {
+    /// The answering peer, as the signal server verified it.
+    pub peer: PeerId,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its half of the session.
+    pub body: SessionDescription,
+}
+
+/// How a signal layer reaches the remote peer. The WebSocket client of the `fog` crate
+/// implements it; tests implement it in memory.
+pub trait Signaller: Send + Sync + 'static {
+    /// Sends an offer for `session` to `target` and waits for its answer.
+    fn offer(
+        &self,
+        target: PeerRef,
+        session: SessionKeys,
+        body: SessionDescription,
+    ) -> BoxFuture<'static, Result<AnswerFrom, ConnectError>>;
+
+    /// Sends our answer to `to`'s offer.
+    fn answer(
+        &self,
+        to: PeerId,
+        session: SessionKeys,
+        body: SessionDescription,
+    ) -> BoxFuture<'static, Result<(), ConnectError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_tagged_json() {
+        let m = ClientMessage::Resolve {
+            id: 3,
+            name: "n".into(),
+        };
+        let json = serde_json::to_string(&m).unwrap();
+        assert_eq!(json, r#"{"type":"resolve","id":3,"name":"n"}"#);
+        assert_eq!(serde_json::from_str::<ClientMessage>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn unknown_and_malformed_messages_are_errors() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"nope"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"offer"}"#).is_err());
+        assert!(serde_json::from_str::<ClientMessage>("[1,2").is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! Registered peers, names, and routing between them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use fog_core::signal::{ErrorCode, ServerMessage};
+use fog_core::{PeerId, PeerRef};
+use tokio::sync::mpsc;
+
+/// A route to one connected session.
+struct Route {
+    session: u64,
+    name: Option<String>,
+    tx: mpsc::Sender<ServerMessage>,
+}
+
+#[derive(Default)]
+struct Tables {
+    online: HashMap<PeerId, Route>,
+    names: HashMap<String, PeerId>,
+    known: HashSet<PeerId>,
+}
+
+/// Everything the server knows. Names stay bound to their key after the peer goes offline.
+pub struct State {
+    tables: Mutex<Tables>,
+    stun: Vec<String>,
+    relays: Vec<String>,
+}
+
+/// Why a message could not be routed.
+pub(crate) struct RouteError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl State {
+    pub(crate) fn new(stun: Vec<String>, relays: Vec<String>) -> Self {
+        State {
+            tables: Mutex::new(Tables::default()),
+            stun,
+            relays,
+        }
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Peers registered and connected now.
+    pub fn online(&self) -> usize {
+        self.tables().online.len()
+    }
+
+    /// STUN servers announced to nodes.
+    pub(crate) fn stun(&self) -> Vec<String> {
+        self.stun.clone()
+    }
+
+    /// Relays announced to nodes.
+    pub(crate) fn relays(&self) -> Vec<String> {
+        self.relays.clone()
+    }
+
+    /// Registers `peer` on `session`; the name must be free or already bound to `peer`.
+    pub(crate) fn register(
+        &self,
+        peer: PeerId,
+        name: Option<String>,
+        session: u64,
+        tx: mpsc::Sender<ServerMessage>,
+    ) -> Result<(), RouteError> {
+        let mut tables = self.tables();
+        if let Some(name) = &name {
+            if let Err(message) = fog_core::attempt::validate_name(name) {
+                return Err(RouteError {
+                    code: ErrorCode::InvalidName,
+                    message,
+                });
+            }
+            match tables.names.get(name) {
+                Some(owner) if *owner != peer => {
+                    return Err(RouteError {
+                        code: ErrorCode::NameTaken,
+                        message: format!("the name {name:?} is held by another key"),
+                    })
+                }
+                _ => {
+                    tables.names.insert(name.clone(), peer);
+                }
+            }
+        }
+        tables.known.insert(peer);
+        // A newer session of the same key replaces the older one.
+        tables.online.insert(peer, Route { session, name, tx });
+        Ok(())
+    }
+
+    /// Forgets `session`'s route (if a newer session has not replaced it).
+    pub(crate) fn unregister(&self, peer: PeerId, session: u64) {
+        let mut tables = self.tables();
+        if tables
+            .online
+            .get(&peer)
+            .is_some_and(|r| r.session == session)
+        {
+            tables.online.remove(&peer);
+        }
+    }
+
+    /// The key bound to `name`.
+    pub(crate) fn resolve(&self, name: &str) -> Option<PeerId> {
+        self.tables().names.get(name).copied()
+    }
+
+    /// The name of an online peer.
+    pub(crate) fn name_of(&self, peer: &PeerId) -> Option<String> {
+        self.tables().online.get(peer).and_then(|r| r.name.clone())
+    }
+
+    /// Delivers `message` to `target` (a peer id or name) and returns its peer id.
+    pub(crate) fn send_to(
+        &self,
+        target: &PeerRef,
+        message: ServerMessage,
+    ) -> Result<PeerId, RouteError> {
+        let tables = self.tables();
+        let peer = match target {
+            PeerRef::Id(id) => *id,
+            PeerRef::Name(name) => *tables.names.get(name).ok_or_else(|| RouteError {
+                code: ErrorCode::PeerUnknown,
+                message: format!("no peer has the name {name:?}"),
+            })?,
+        };
+        let Some(route) = tables.online.get(&peer) else {
+            return Err(if tables.known.contains(&peer) {
+                RouteError {
+                    code: ErrorCode::PeerOffline,
+                    message: format!("{target} is not connected to the signal server"),
+                }
+            } else {
+                RouteError {
+                    code: ErrorCode::PeerUnknown,
+                    message: format!("{target} never registered here"),
+                }
+            });
+        };
+        route.tx.try_send(message).map_err(|_| RouteError {
+            code: ErrorCode::PeerOffline,
+            message: format!("{target} is not reading its messages"),
+        })?;
+        Ok(peer)
+    }
+}

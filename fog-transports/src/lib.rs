@@ -1,0 +1,26 @@
+//! Transport services of fog.
+//!
+//! - [`FogSocket`]: the node's one UDP socket; it answers authenticated connectivity checks
+//!   itself and carries QUIC.
+//! - [`QuicTransport`]: a `tower::Service<Attempt>` that turns a chosen path into an
+//!   authenticated, encrypted QUIC [`Connection`](fog_core::Connection), pinning the peer's key.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fog_core::BoxError> {
+//! use fog_core::Identity;
+//! use fog_transports::{FogSocket, QuicTransport};
+//!
+//! let socket = FogSocket::bind("0.0.0.0:0".parse()?).await?;
+//! let transport = QuicTransport::new(socket, Identity::generate())?;
+//! # drop(transport);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod quic;
+pub mod socket;
+pub mod tls;
+
+pub use quic::QuicTransport;
+pub use socket::FogSocket;

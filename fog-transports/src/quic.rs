@@ -1,0 +1,335 @@
+//! QUIC over the shared socket: the transport service at the bottom of the stack.
+//!
+//! The dialer connects to the path the punch layer chose, naming the session in the TLS server
+//! name and pinning the peer's key. The responder's endpoint accepts every handshake, reads the
+//! session from the server name and hands the connection to the attempt that waits for it, after
+//! checking that the client's key is the peer the signal server introduced.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use fog_core::{
+    Attempt, BoxError, ConnectError, Connection, ConnectionError, Event, Identity, PeerId,
+    Protocol, RecvHalf, Role, SendHalf, TransportConnection, TransportCounters,
+};
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+use tower_service::Service;
+
+use crate::socket::FogSocket;
+use crate::tls;
+
+/// How long a responder waits for the dialer's QUIC handshake after its own checks succeeded.
+const RESPONDER_WAIT: Duration = Duration::from_secs(10);
+/// How long a handshake that arrived before its attempt is kept for it.
+const EARLY_ARRIVAL_TTL: Duration = Duration::from_secs(10);
+
+type Delivery = Result<quinn::Connection, String>;
+
+#[derive(Default)]
+struct Rendezvous {
+    waiting: HashMap<String, oneshot::Sender<Delivery>>,
+    arrived: HashMap<String, (Instant, Delivery)>,
+}
+
+impl Rendezvous {
+    fn deliver(&mut self, session: String, delivery: Delivery) {
+        let now = Instant::now();
+        self.arrived
+            .retain(|_, (at, _)| now.duration_since(*at) < EARLY_ARRIVAL_TTL);
+        match self.waiting.remove(&session) {
+            Some(tx) => {
+                if let Err(Ok(conn)) = tx.send(delivery) {
+                    conn.close(2u32.into(), b"attempt gone");
+                }
+            }
+            None => {
+                self.arrived.insert(session, (now, delivery));
+            }
+        }
+    }
+}
+
+struct Shared {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    rendezvous: Arc<Mutex<Rendezvous>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.endpoint.close(0u32.into(), b"node shut down");
+    }
+}
+
+/// The QUIC transport service: turns an [`Attempt`] with a selected path into a [`Connection`].
+#[derive(Clone)]
+pub struct QuicTransport {
+    shared: Arc<Shared>,
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut config = quinn::TransportConfig::default();
+    config.keep_alive_interval(Some(Duration::from_secs(5)));
+    config.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s is a valid timeout"),
+    ));
+    config
+}
+
+/// The SNI that names a session.
+fn session_server_name(session_hex: &str) -> String {
+    format!("s{session_hex}")
+}
+
+fn peer_of(conn: &quinn::Connection) -> Option<PeerId> {
+    let certs = conn
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    tls::peer_id_of_certificate(certs.first()?.as_ref())
+}
+
+impl QuicTransport {
+    /// A QUIC endpoint on `socket` that presents `identity`. Must be called inside a tokio
+    /// runtime; the endpoint lives until the last clone is dropped or [`close`](Self::close).
+    pub fn new(socket: Arc<FogSocket>, identity: Identity) -> Result<Self, BoxError> {
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&identity)?)?,
+        ));
+        server.transport_config(Arc::new(transport_config()));
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Keep the fixed bit set, so QUIC packets never look like connectivity checks.
+        endpoint_config.grease_quic_bit(false);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let rendezvous = Arc::new(Mutex::new(Rendezvous::default()));
+        tokio::spawn(accept_loop(endpoint.clone(), rendezvous.clone()));
+        Ok(QuicTransport {
+            shared: Arc::new(Shared {
+                endpoint,
+                identity,
+                rendezvous,
+            }),
+        })
+    }
+
+    /// Closes every connection and the endpoint.
+    pub fn close(&self) {
+        self.shared.endpoint.close(0u32.into(), b"node shut down");
+    }
+
+    async fn dial(
+        shared: Arc<Shared>,
+        peer: PeerId,
+        remote: SocketAddr,
+        session_hex: String,
+    ) -> Result<quinn::Connection, ConnectError> {
+        let crypto = tls::client_config(&shared.identity, peer)
+            .map_err(|e| ConnectError::HandshakeRefused(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+            .map_err(|e| ConnectError::HandshakeRefused(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config()));
+        let connecting = shared
+            .endpoint
+            .connect_with(config, remote, &session_server_name(&session_hex))
+            .map_err(|e| ConnectError::HandshakeRefused(e.to_string()))?;
+        connecting.await.map_err(handshake_error)
+    }
+
+    async fn await_dialer(
+        shared: Arc<Shared>,
+        peer: PeerId,
+        session_hex: String,
+    ) -> Result<quinn::Connection, ConnectError> {
+        let name = session_server_name(&session_hex);
+        let rx = {
+            let mut rendezvous = shared.rendezvous.lock().unwrap_or_else(|e| e.into_inner());
+            match rendezvous.arrived.remove(&name) {
+                Some((_, delivery)) => {
+                    let (tx, rx) = oneshot::channel();
+                    let _ = tx.send(delivery);
+                    rx
+                }
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    rendezvous.waiting.insert(name.clone(), tx);
+                    rx
+                }
+            }
+        };
+        let delivery = match tokio::time::timeout(RESPONDER_WAIT, rx).await {
+            Ok(Ok(delivery)) => delivery,
+            Ok(Err(_)) => return Err(ConnectError::Shutdown),
+            Err(_) => {
+                let mut rendezvous = shared.rendezvous.lock().unwrap_or_else(|e| e.into_inner());
+                rendezvous.waiting.remove(&name);
+                return Err(ConnectError::Timeout(
+                    "waiting for the dialer's QUIC handshake".into(),
+                ));
+            }
+        };
+        let conn = delivery.map_err(ConnectError::HandshakeRefused)?;
+        match peer_of(&conn) {
+            Some(id) if id == peer => Ok(conn),
+            Some(id) => {
+                conn.close(1u32.into(), b"unexpected peer key");
+                Err(ConnectError::HandshakeRefused(format!(
+                    "the dialer presented key {id}, but the offer came from {peer}"
+                )))
+            }
+            None => {
+                conn.close(1u32.into(), b"no peer key");
+                Err(ConnectError::HandshakeRefused(
+                    "the dialer presented no Ed25519 key".into(),
+                ))
+            }
+        }
+    }
+}
+
+fn handshake_error(e: quinn::ConnectionError) -> ConnectError {
+    match e {
+        quinn::ConnectionError::TimedOut => ConnectError::Timeout("QUIC handshake".into()),
+        other => ConnectError::HandshakeRefused(other.to_string()),
+    }
+}
+
+async fn accept_loop(endpoint: quinn::Endpoint, rendezvous: Arc<Mutex<Rendezvous>>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let rendezvous = rendezvous.clone();
+        tokio::spawn(async move {
+            let Ok(mut connecting) = incoming.accept() else {
+                return;
+            };
+            let Some(name) = connecting.handshake_data().await.ok().and_then(|data| {
+                data.downcast::<quinn::crypto::rustls::HandshakeData>()
+                    .ok()?
+                    .server_name
+            }) else {
+                return;
+            };
+            let delivery = connecting.await.map_err(|e| e.to_string());
+            rendezvous
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .deliver(name, delivery);
+        });
+    }
+}
+
+impl Service<Attempt> for QuicTransport {
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Connection, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let path = attempt.path.ok_or(ConnectError::MissingInput {
+                layer: "QuicTransport",
+                needs: "a selected path (PunchLayer or a relay layer)",
+            })?;
+            let peer = attempt.remote_peer().ok_or(ConnectError::MissingInput {
+                layer: "QuicTransport",
+                needs: "the remote peer id (SignalLayer resolves names)",
+            })?;
+            if let Some(protocol) = attempt.protocol {
+                if protocol != Protocol::Quic {
+                    return Err(ConnectError::NoCommonProtocol {
+                        ours: "quic".into(),
+                        theirs: protocol.to_string(),
+                    }
+                    .into());
+                }
+            }
+            let session = attempt.session.id_hex();
+            let conn = match attempt.role {
+                Role::Dialer => Self::dial(shared, peer, path.remote.addr, session).await?,
+                Role::Responder => Self::await_dialer(shared, peer, session).await?,
+            };
+            let connection = Connection::new(
+                Box::new(QuicConnection {
+                    conn,
+                    local: path.local,
+                }),
+                peer,
+                Protocol::Quic,
+                path.kind,
+                attempt.elapsed(),
+                attempt.events.clone(),
+            );
+            attempt.emit(Event::Connected {
+                peer,
+                remote: connection.remote_addr(),
+                protocol: Protocol::Quic,
+                path: path.kind,
+                elapsed: attempt.elapsed(),
+            });
+            Ok(connection)
+        })
+    }
+}
+
+/// A quinn connection as a fog transport connection.
+struct QuicConnection {
+    conn: quinn::Connection,
+    local: SocketAddr,
+}
+
+fn closed(e: quinn::ConnectionError) -> ConnectionError {
+    ConnectionError::Closed(e.to_string())
+}
+
+impl TransportConnection for QuicConnection {
+    fn open_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), ConnectionError>> {
+        Box::pin(async move {
+            let (send, recv) = self.conn.open_bi().await.map_err(closed)?;
+            Ok((Box::new(send) as SendHalf, Box::new(recv) as RecvHalf))
+        })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), ConnectionError>> {
+        Box::pin(async move {
+            let (send, recv) = self.conn.accept_bi().await.map_err(closed)?;
+            Ok((Box::new(send) as SendHalf, Box::new(recv) as RecvHalf))
+        })
+    }
+
+    fn counters(&self) -> TransportCounters {
+        let stats = self.conn.stats();
+        TransportCounters {
+            bytes_sent: stats.udp_tx.bytes,
+            bytes_received: stats.udp_rx.bytes,
+            rtt: Some(stats.path.rtt),
+        }
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn close(&self, reason: &str) {
+        self.conn.close(0u32.into(), reason.as_bytes());
+    }
+
+    fn closed(&self) -> BoxFuture<'_, String> {
+        Box::pin(async move { self.conn.closed().await.to_string() })
+    }
+}

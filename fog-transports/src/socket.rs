@@ -1,0 +1,254 @@
+//! The node's one UDP socket, shared by connectivity checks and QUIC.
+//!
+//! Checks must leave from the very port the connection will use, or the NAT mapping they open is
+//! worthless; so QUIC runs on this socket through quinn's `AsyncUdpSocket`, and the socket takes
+//! the check packets out of the stream before quinn sees them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use fog_core::{CheckReply, Prober, SessionKeys};
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
+use rand::RngCore;
+use tokio::io::ReadBuf;
+use tokio::sync::mpsc;
+
+use crate::check::{self, CheckKind};
+
+/// How long a session keeps answering checks after it was last watched.
+const ANSWER_TTL: Duration = Duration::from_secs(60);
+/// Unanswered checks are forgotten after this long.
+const PENDING_TTL: Duration = Duration::from_secs(30);
+
+struct Session {
+    secret: [u8; 32],
+    answer_until: Instant,
+    replies: Option<mpsc::UnboundedSender<CheckReply>>,
+}
+
+struct Pending {
+    session: [u8; 16],
+    remote: SocketAddr,
+    sent: Instant,
+}
+
+#[derive(Default)]
+struct Checks {
+    sessions: HashMap<[u8; 16], Session>,
+    pending: HashMap<[u8; 12], Pending>,
+}
+
+impl Checks {
+    fn expire(&mut self, now: Instant) {
+        self.sessions.retain(|_, s| {
+            s.answer_until > now || s.replies.as_ref().is_some_and(|r| !r.is_closed())
+        });
+        self.pending
+            .retain(|_, p| now.duration_since(p.sent) < PENDING_TTL);
+    }
+}
+
+/// A UDP socket that answers connectivity checks itself and passes everything else to QUIC.
+pub struct FogSocket {
+    io: tokio::net::UdpSocket,
+    local: SocketAddr,
+    checks: Mutex<Checks>,
+}
+
+impl fmt::Debug for FogSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FogSocket")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl FogSocket {
+    /// Binds a socket on `addr` (use port 0 for any).
+    pub async fn bind(addr: SocketAddr) -> io::Result<Arc<Self>> {
+        let io = tokio::net::UdpSocket::bind(addr).await?;
+        let local = io.local_addr()?;
+        Ok(Arc::new(FogSocket {
+            io,
+            local,
+            checks: Mutex::new(Checks::default()),
+        }))
+    }
+
+    fn checks(&self) -> std::sync::MutexGuard<'_, Checks> {
+        self.checks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Handles a datagram that looks like a check: answers requests of known sessions and
+    /// delivers replies to their watchers. Everything that does not verify is dropped.
+    fn handle_check(&self, datagram: &[u8], from: SocketAddr) {
+        let Some(packet) = check::decode(datagram) else {
+            return;
+        };
+        let mut checks = self.checks();
+        match packet.kind {
+            CheckKind::Request => {
+                let Some(session) = checks.sessions.get(&packet.session) else {
+                    return;
+                };
+                if session.answer_until < Instant::now() || !packet.verify(&session.secret) {
+                    return;
+                }
+                let reply = check::encode(
+                    CheckKind::Reply,
+                    &packet.session,
+                    &packet.txid,
+                    &session.secret,
+                );
+                // Best effort: a full send buffer drops the reply, and the peer retries.
+                let _ = self.io.try_send_to(&reply, from);
+            }
+            CheckKind::Reply => {
+                let Some(pending) = checks.pending.get(&packet.txid) else {
+                    return;
+                };
+                if pending.session != packet.session || pending.remote != from {
+                    return;
+                }
+                let Some(session) = checks.sessions.get(&packet.session) else {
+                    return;
+                };
+                if !packet.verify(&session.secret) {
+                    return;
+                }
+                let rtt = pending.sent.elapsed();
+                if let Some(replies) = &session.replies {
+                    let _ = replies.send(CheckReply { remote: from, rtt });
+                }
+                checks.pending.remove(&packet.txid);
+            }
+        }
+    }
+}
+
+impl Prober for FogSocket {
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn watch(&self, session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckReply> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut checks = self.checks();
+        let now = Instant::now();
+        checks.expire(now);
+        checks.sessions.insert(
+            session.id,
+            Session {
+                secret: session.secret,
+                answer_until: now + ANSWER_TTL,
+                replies: Some(tx),
+            },
+        );
+        rx
+    }
+
+    fn send_check(&self, session: &SessionKeys, remote: SocketAddr) -> io::Result<()> {
+        let mut txid = [0u8; 12];
+        rand::thread_rng().fill_bytes(&mut txid);
+        let packet = check::encode(CheckKind::Request, &session.id, &txid, &session.secret);
+        self.checks().pending.insert(
+            txid,
+            Pending {
+                session: session.id,
+                remote,
+                sent: Instant::now(),
+            },
+        );
+        match self.io.try_send_to(&packet, remote) {
+            Ok(_) => Ok(()),
+            // A full buffer loses this check like the network could; the schedule retries.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Errors that an unconnected UDP socket reports for an earlier send (ICMP unreachable); they
+/// say nothing about the next datagram and must not stop the receive loop.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+impl AsyncUdpSocket for FogSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(WritablePoller { socket: self })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        match self.io.try_send_to(transmit.contents, transmit.destination) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
+            // Like quinn's own socket: a send error is the network losing a packet.
+            Err(e) => {
+                tracing::trace!(error = %e, to = %transmit.destination, "udp send failed");
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let mut read = ReadBuf::new(&mut bufs[0]);
+            let from = match ready!(self.io.poll_recv_from(cx, &mut read)) {
+                Ok(from) => from,
+                Err(e) if is_transient(&e) => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            };
+            let len = read.filled().len();
+            if check::looks_like_check(read.filled()) {
+                self.handle_check(read.filled(), from);
+                continue;
+            }
+            meta[0] = RecvMeta {
+                addr: from,
+                len,
+                stride: len,
+                ..RecvMeta::default()
+            };
+            return Poll::Ready(Ok(1));
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+struct WritablePoller {
+    socket: Arc<FogSocket>,
+}
+
+impl fmt::Debug for WritablePoller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WritablePoller")
+    }
+}
+
+impl UdpPoller for WritablePoller {
+    fn poll_writable(self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
+        self.socket.io.poll_send_ready(cx)
+    }
+}

@@ -1,0 +1,355 @@
+//! The `fog` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use fog::{BoxError, ConnectError, Connection, Event, Identity, Node};
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+#[command(
+    name = "fog",
+    version,
+    about = "Connect two peers by peer id, through NATs, over an encrypted connection."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the signal server.
+    Server {
+        /// Address of the WebSocket signal server (path /ws).
+        #[arg(long, default_value = "0.0.0.0:7600")]
+        signal: SocketAddr,
+    },
+    /// Run a node that echoes every stream back to its sender.
+    Serve {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Connect to a peer, send a message and wait for the echo.
+    Connect {
+        /// The peer: its peer id or its registered name.
+        peer: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// The text to send.
+        #[arg(long, default_value = "hello")]
+        message: String,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 20.0)]
+        timeout: f64,
+    },
+    /// Print the node's peer id.
+    Id {
+        /// Key file (created on first use, mode 0600).
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
+    /// Start a signal server and two nodes in this process, connect them by name, and show what
+    /// happens.
+    Demo,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// Signal server URL.
+    #[arg(long, default_value = "ws://127.0.0.1:7600/ws")]
+    signal: String,
+    /// Key file (created on first use, mode 0600). Without it the node uses a fresh key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Name to register at the signal server, like 1e:34:a1:44:2c:1c.
+    #[arg(long)]
+    name: Option<String>,
+}
+
+impl NodeArgs {
+    async fn bind(&self) -> Result<Node, BoxError> {
+        let mut builder = Node::builder().signal(&self.signal);
+        if let Some(key) = &self.key {
+            builder = builder.key(key);
+        }
+        if let Some(name) = &self.name {
+            builder = builder.name(name);
+        }
+        Ok(builder.bind().await?)
+    }
+}
+
+fn default_key_file() -> PathBuf {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("fog").join("key")
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FOG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let json = matches!(cli.command, Command::Connect { json: true, .. });
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let (kind, message) = describe(&*e);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": kind, "message": message })
+                );
+            }
+            eprintln!("error: {kind}: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The cause's short name and the whole message, for the one-line error.
+fn describe(e: &(dyn std::error::Error + 'static)) -> (&'static str, String) {
+    let kind = ConnectError::find(e).map(|c| c.kind()).unwrap_or("failed");
+    (kind, e.to_string())
+}
+
+async fn run(command: Command) -> Result<(), BoxError> {
+    match command {
+        Command::Server { signal } => {
+            let server = fog::server::SignalServer::bind(fog::server::SignalConfig {
+                listen: signal,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("cannot listen on {signal}: {e}"))?;
+            println!("fog signal server on ws://{}/ws", server.local_addr());
+            tokio::select! {
+                _ = server.serve_forever() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok(())
+        }
+        Command::Serve { node } => {
+            let node = node.bind().await?;
+            println!("peer id: {}", node.peer_id());
+            if let Some(name) = node.name() {
+                println!("name: {name}");
+            }
+            let mut incoming = node.incoming();
+            loop {
+                tokio::select! {
+                    conn = incoming.next() => match conn {
+                        Some(conn) => {
+                            eprintln!("connected: {} from {}", conn.peer_id(), conn.remote_addr());
+                            tokio::spawn(echo_streams(conn));
+                        }
+                        None => break,
+                    },
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
+            node.shutdown().await;
+            Ok(())
+        }
+        Command::Connect {
+            peer,
+            node,
+            message,
+            json,
+            timeout,
+        } => {
+            if !(timeout.is_finite() && timeout > 0.0) {
+                return Err("--timeout must be a positive number of seconds".into());
+            }
+            let limit = Duration::from_secs_f64(timeout);
+            let work = async {
+                let node = node.bind().await?;
+                let started = Instant::now();
+                let conn = node.connect(&peer).await?;
+                let connect_ms = started.elapsed().as_secs_f64() * 1e3;
+                let started = Instant::now();
+                let reply = echo_once(&conn, message.as_bytes()).await?;
+                let rtt_ms = started.elapsed().as_secs_f64() * 1e3;
+                let reply = String::from_utf8_lossy(&reply).into_owned();
+                let report = serde_json::json!({
+                    "peer": conn.peer_id().to_string(),
+                    "name": if peer.parse::<fog::PeerId>().is_ok() { None } else { Some(peer.clone()) },
+                    "protocol": conn.protocol().as_str(),
+                    "path": conn.path_kind().to_string(),
+                    "local": conn.local_addr().to_string(),
+                    "remote": conn.remote_addr().to_string(),
+                    "connect_ms": (connect_ms * 10.0).round() / 10.0,
+                    "rtt_ms": (rtt_ms * 100.0).round() / 100.0,
+                    "reply": reply,
+                });
+                conn.close("done");
+                node.shutdown().await;
+                Ok::<_, BoxError>((report, reply))
+            };
+            let (report, reply) = tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| ConnectError::Timeout(format!("no echo within {timeout} s")))??;
+            if json {
+                println!("{report}");
+            } else {
+                println!(
+                    "connected to {} over {} ({} path {} -> {}) in {} ms; echo {:?} in {} ms",
+                    report["peer"].as_str().unwrap_or_default(),
+                    report["protocol"].as_str().unwrap_or_default(),
+                    report["path"].as_str().unwrap_or_default(),
+                    report["local"].as_str().unwrap_or_default(),
+                    report["remote"].as_str().unwrap_or_default(),
+                    report["connect_ms"],
+                    reply,
+                    report["rtt_ms"],
+                );
+            }
+            if reply != message {
+                return Err(
+                    format!("the echo {reply:?} differs from the message {message:?}").into(),
+                );
+            }
+            Ok(())
+        }
+        Command::Id { key } => {
+            let path = key.unwrap_or_else(default_key_file);
+            let identity = Identity::load_or_generate(&path)?;
+            println!("{}", identity.peer_id());
+            Ok(())
+        }
+        Command::Demo => demo().await,
+    }
+}
+
+async fn echo_streams(conn: Connection) {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut recv, &mut send).await;
+            let _ = send.shutdown().await;
+        });
+    }
+}
+
+async fn echo_once(conn: &Connection, message: &[u8]) -> Result<Vec<u8>, BoxError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(message).await?;
+    send.shutdown().await?;
+    let mut reply = Vec::new();
+    recv.read_to_end(&mut reply).await?;
+    Ok(reply)
+}
+
+async fn demo() -> Result<(), BoxError> {
+    let t0 = Instant::now();
+    let ms = move || t0.elapsed().as_secs_f64() * 1e3;
+    let server = fog::server::SignalServer::bind(fog::server::SignalConfig {
+        listen: "127.0.0.1:0".parse()?,
+        ..Default::default()
+    })
+    .await?;
+    println!("[{:7.1} ms] signal server on {}", ms(), server.url());
+
+    let echo_name = "1e:34:a1:44:2c:1c";
+    let server_node = Node::builder()
+        .signal(server.url())
+        .name(echo_name)
+        .bind()
+        .await?;
+    println!(
+        "[{:7.1} ms] echo node {} registered as {echo_name}",
+        ms(),
+        server_node.peer_id()
+    );
+    let mut incoming = server_node.incoming();
+    tokio::spawn(async move {
+        while let Some(conn) = incoming.next().await {
+            tokio::spawn(echo_streams(conn));
+        }
+    });
+
+    let client = Node::builder()
+        .signal(server.url())
+        .name("1e:34:a1:44:2c:2c")
+        .bind()
+        .await?;
+    println!(
+        "[{:7.1} ms] client node {} registered",
+        ms(),
+        client.peer_id()
+    );
+    let mut events = client.events();
+    let printer = tokio::spawn(async move {
+        while let Ok(event) = events.recv().await {
+            println!("[{:7.1} ms]   event: {}", ms(), describe_event(&event));
+        }
+    });
+
+    println!("[{:7.1} ms] connecting to {echo_name} ...", ms());
+    let conn = client.connect(echo_name).await?;
+    let connect_time = conn.connect_time();
+    let sent = Instant::now();
+    let reply = echo_once(&conn, b"hello").await?;
+    let rtt = sent.elapsed();
+    tokio::task::yield_now().await;
+    printer.abort();
+    println!(
+        "[{:7.1} ms] connected in {:.1} ms over {} ({} -> {}); echo {:?} in {:.2} ms",
+        ms(),
+        connect_time.as_secs_f64() * 1e3,
+        conn.protocol(),
+        conn.local_addr(),
+        conn.remote_addr(),
+        String::from_utf8_lossy(&reply),
+        rtt.as_secs_f64() * 1e3
+    );
+    if reply != b"hello" {
+        return Err("the echo differs from the message".into());
+    }
+    conn.close("demo done");
+    client.shutdown().await;
+    server_node.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+fn describe_event(event: &Event) -> String {
+    match event {
+        Event::Registered { peer, name } => format!("registered {} {:?}", peer.short(), name),
+        Event::CandidateGathered { candidate } => {
+            format!("candidate {} {}", candidate.kind, candidate.addr)
+        }
+        Event::OfferSent { target } => format!("offer sent to {target}"),
+        Event::AnswerReceived { peer, candidates } => {
+            format!("answer from {} with {candidates} candidates", peer.short())
+        }
+        Event::CheckSent { remote } => format!("check sent to {remote}"),
+        Event::CheckSucceeded { remote, rtt } => {
+            format!(
+                "check answered by {remote} in {:.2} ms",
+                rtt.as_secs_f64() * 1e3
+            )
+        }
+        Event::PathSelected { remote, kind } => format!("path {kind} to {remote}"),
+        Event::ProtocolSelected { protocol } => format!("protocol {protocol}"),
+        Event::Connected { peer, remote, .. } => {
+            format!("connected to {} at {remote}", peer.short())
+        }
+        Event::StreamOpened { peer } => format!("stream opened to {}", peer.short()),
+        other => format!("{other:?}"),
+    }
+}

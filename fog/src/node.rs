@@ -1,0 +1,387 @@
+//! The front door: a [`Node`] registers at a signal server, dials peers by id or name, and
+//! accepts the peers that dial it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use fog_core::{
+    Attempt, BoxError, ConnectError, Connection, Event, EventBus, Identity, PeerId, PeerRef,
+    Prober, Protocol, RemoteInfo,
+};
+use fog_layers::PunchConfig;
+use fog_transports::{FogSocket, QuicTransport};
+use futures_util::Stream;
+use tokio::sync::{broadcast, mpsc, Mutex};
+use tower::ServiceExt;
+
+use crate::preset::{default_stack, Stack, StackParts};
+use crate::signal_client::{IncomingOffer, SignalClient};
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// No signal server URL was given.
+    #[error("no signal server: call .signal(\"ws://HOST:7600/ws\")")]
+    NoSignal,
+    /// The key file could not be used.
+    #[error(transparent)]
+    Identity(#[from] fog_core::IdentityError),
+    /// The UDP socket could not be bound.
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The transport could not start.
+    #[error("transport: {0}")]
+    Transport(BoxError),
+    /// The signal server refused or could not be reached.
+    #[error(transparent)]
+    Signal(#[from] ConnectError),
+}
+
+type StackFactory = Arc<dyn Fn(&StackParts) -> Stack + Send + Sync>;
+
+/// Builds a [`Node`].
+pub struct NodeBuilder {
+    signal: Option<String>,
+    name: Option<String>,
+    identity: Option<Identity>,
+    key_file: Option<PathBuf>,
+    bind: SocketAddr,
+    protocols: Vec<Protocol>,
+    punch: PunchConfig,
+    connect_timeout: Duration,
+    stack: StackFactory,
+}
+
+impl Default for NodeBuilder {
+    fn default() -> Self {
+        NodeBuilder {
+            signal: None,
+            name: None,
+            identity: None,
+            key_file: None,
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            protocols: vec![Protocol::Quic],
+            punch: PunchConfig::default(),
+            connect_timeout: Duration::from_secs(20),
+            stack: Arc::new(default_stack),
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// The signal server, for example `ws://127.0.0.1:7600/ws`.
+    pub fn signal(mut self, url: impl Into<String>) -> Self {
+        self.signal = Some(url.into());
+        self
+    }
+
+    /// A name to register, like `1e:34:a1:44:2c:1c`; refused when another key holds it.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Loads the node key from `path`, creating it (mode 0600) on first use. Without a key file
+    /// or [`identity`](Self::identity), the node uses a fresh key for this run.
+    pub fn key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.key_file = Some(path.into());
+        self
+    }
+
+    /// Uses `identity` as the node key.
+    pub fn identity(mut self, identity: Identity) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// The local UDP address (default `0.0.0.0:0`).
+    pub fn bind_addr(mut self, addr: SocketAddr) -> Self {
+        self.bind = addr;
+        self
+    }
+
+    /// Protocols this node asks for and accepts, preferred first (default QUIC).
+    pub fn protocols(mut self, protocols: impl IntoIterator<Item = Protocol>) -> Self {
+        self.protocols = protocols.into_iter().collect();
+        self
+    }
+
+    /// Pace and patience of connectivity checks.
+    pub fn punch(mut self, config: PunchConfig) -> Self {
+        self.punch = config;
+        self
+    }
+
+    /// Upper bound of one `connect` (default 20 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Replaces the default preset with a stack of your own, built from the node's parts; the
+    /// node uses it for both the connections it dials and those it answers.
+    pub fn stack(mut self, make: impl Fn(&StackParts) -> Stack + Send + Sync + 'static) -> Self {
+        self.stack = Arc::new(make);
+        self
+    }
+
+    /// Binds the socket, registers at the signal server and starts answering offers.
+    pub async fn bind(self) -> Result<Node, NodeError> {
+        let signal = self.signal.clone().ok_or(NodeError::NoSignal)?;
+        let identity = match (&self.identity, &self.key_file) {
+            (Some(identity), _) => identity.clone(),
+            (None, Some(path)) => Identity::load_or_generate(path)?,
+            (None, None) => Identity::generate(),
+        };
+        let events = EventBus::new();
+        let socket = FogSocket::bind(self.bind)
+            .await
+            .map_err(|source| NodeError::Bind {
+                addr: self.bind,
+                source,
+            })?;
+        let transport =
+            QuicTransport::new(socket.clone(), identity.clone()).map_err(NodeError::Transport)?;
+        let (signal_client, offers) =
+            SignalClient::connect(&signal, &identity, self.name.clone(), events.clone()).await?;
+        let parts = StackParts {
+            socket: socket.clone(),
+            signaller: Arc::new(signal_client.clone()),
+            transport: transport.clone(),
+            punch: self.punch,
+        };
+        let stack = (self.stack)(&parts);
+        let (incoming_tx, incoming_rx) = mpsc::channel(64);
+        let inner = Arc::new(Inner {
+            identity,
+            name: signal_client.registration().name.clone(),
+            events,
+            signal: signal_client,
+            socket,
+            transport,
+            parts,
+            stack,
+            protocols: self.protocols,
+            connect_timeout: self.connect_timeout,
+            incoming: Arc::new(Mutex::new(incoming_rx)),
+        });
+        let responder = tokio::spawn(answer_offers(Arc::downgrade(&inner), offers, incoming_tx));
+        Ok(Node {
+            inner,
+            responder: Arc::new(AbortOnDrop(responder)),
+        })
+    }
+}
+
+struct Inner {
+    identity: Identity,
+    name: Option<String>,
+    events: EventBus,
+    signal: SignalClient,
+    socket: Arc<FogSocket>,
+    transport: QuicTransport,
+    parts: StackParts,
+    stack: Stack,
+    protocols: Vec<Protocol>,
+    connect_timeout: Duration,
+    incoming: Arc<Mutex<mpsc::Receiver<Connection>>>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A fog node. Cheap to clone; stops when the last clone is dropped or on
+/// [`shutdown`](Node::shutdown).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+    responder: Arc<AbortOnDrop>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("peer_id", &self.peer_id())
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+impl Node {
+    /// A builder; `signal` is required.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.identity.peer_id()
+    }
+
+    /// The name registered at the signal server.
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
+    }
+
+    /// The local UDP socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.socket.local_addr()
+    }
+
+    /// STUN servers and relays the signal server announced.
+    pub fn registration(&self) -> &crate::signal_client::Registration {
+        self.inner.signal.registration()
+    }
+
+    /// A receiver of every event from now on.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// The parts a custom stack is built from.
+    pub fn parts(&self) -> &StackParts {
+        &self.inner.parts
+    }
+
+    /// A new dialling attempt to `peer`, as `connect` makes it, for running a custom stack.
+    pub fn attempt(&self, peer: PeerRef) -> Attempt {
+        let mut attempt = Attempt::dial(self.peer_id(), peer, self.inner.events.clone());
+        attempt.protocols = self.inner.protocols.clone();
+        attempt
+    }
+
+    /// Connects to `peer` (a peer id or a registered name) through the node's stack.
+    pub async fn connect(&self, peer: impl AsRef<str>) -> Result<Connection, BoxError> {
+        let peer: PeerRef = peer
+            .as_ref()
+            .parse()
+            .map_err(|e: String| ConnectError::PeerUnknown(e))?;
+        self.connect_to(peer).await
+    }
+
+    /// Connects to `peer` through the node's stack.
+    pub async fn connect_to(&self, peer: PeerRef) -> Result<Connection, BoxError> {
+        let attempt = self.attempt(peer.clone());
+        let stack = self.inner.stack.clone();
+        let timeout = self.inner.connect_timeout;
+        let result = match tokio::time::timeout(timeout, stack.oneshot(attempt)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::Timeout(format!(
+                "connect to {peer} took over {timeout:?}"
+            ))
+            .into()),
+        };
+        if let Err(e) = &result {
+            self.inner.events.emit(Event::Error {
+                peer: match &peer {
+                    PeerRef::Id(id) => Some(*id),
+                    PeerRef::Name(_) => None,
+                },
+                message: e.to_string(),
+            });
+        }
+        result
+    }
+
+    /// The connections peers dial to this node. Several `Incoming` handles share one queue.
+    pub fn incoming(&self) -> Incoming {
+        Incoming {
+            queue: self.inner.incoming.clone(),
+            next: None,
+        }
+    }
+
+    /// Closes every connection, the endpoint and the signal session.
+    pub async fn shutdown(self) {
+        self.responder.0.abort();
+        self.inner.transport.close();
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn answer_offers(
+    node: std::sync::Weak<Inner>,
+    mut offers: mpsc::Receiver<IncomingOffer>,
+    incoming: mpsc::Sender<Connection>,
+) {
+    while let Some(offer) = offers.recv().await {
+        let Some(inner) = node.upgrade() else { return };
+        inner.events.emit(Event::OfferReceived { peer: offer.from });
+        let remote = RemoteInfo {
+            peer_id: offer.from,
+            name: offer.from_name,
+            candidates: offer.body.candidates,
+            nat: offer.body.nat,
+            protocols: offer.body.protocols,
+        };
+        let mut attempt = Attempt::respond(
+            inner.identity.peer_id(),
+            offer.session,
+            remote,
+            inner.events.clone(),
+        );
+        attempt.protocols = inner.protocols.clone();
+        let stack = inner.stack.clone();
+        let signal = inner.signal.clone();
+        let events = inner.events.clone();
+        let timeout = inner.connect_timeout;
+        let incoming = incoming.clone();
+        drop(inner);
+        tokio::spawn(async move {
+            let peer = offer.from;
+            let session = attempt.session;
+            match tokio::time::timeout(timeout, stack.oneshot(attempt)).await {
+                Ok(Ok(connection)) => {
+                    let _ = incoming.send(connection).await;
+                }
+                Ok(Err(e)) => {
+                    signal.reject(peer, &session, &e.to_string());
+                    events.emit(Event::Error {
+                        peer: Some(peer),
+                        message: e.to_string(),
+                    });
+                }
+                Err(_) => events.emit(Event::Error {
+                    peer: Some(peer),
+                    message: "answering the offer timed out".into(),
+                }),
+            }
+        });
+    }
+}
+
+/// A stream of connections from peers that dialled this node.
+pub struct Incoming {
+    queue: Arc<Mutex<mpsc::Receiver<Connection>>>,
+    next: Option<futures_util::future::BoxFuture<'static, Option<Connection>>>,
+}
+
+impl Stream for Incoming {
+    type Item = Connection;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Connection>> {
+        if self.next.is_none() {
+            let queue = self.queue.clone();
+            self.next = Some(Box::pin(async move { queue.lock().await.recv().await }));
+        }
+        let polled = self.next.as_mut().expect("set above").as_mut().poll(cx);
+        if polled.is_ready() {
+            self.next = None;
+        }
+        polled
+    }
+}

@@ -1,0 +1,43 @@
+//! The default stack, and the parts a custom stack is built from.
+
+use std::sync::Arc;
+
+use fog_core::{Attempt, BoxError, Connection, Prober, Protocol, Signaller};
+use fog_layers::{GatherLayer, ProtocolSelectLayer, PunchConfig, PunchLayer, SignalLayer};
+use fog_transports::{FogSocket, QuicTransport};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+
+/// A connection stack as the node stores it.
+pub type Stack = BoxCloneSyncService<Attempt, Connection, BoxError>;
+
+/// What the layers of a node's stack work with: its socket, its signal client, its transport.
+#[derive(Clone)]
+pub struct StackParts {
+    /// The node's UDP socket (checks and QUIC share it).
+    pub socket: Arc<FogSocket>,
+    /// The signal-server client.
+    pub signaller: Arc<dyn Signaller>,
+    /// The QUIC transport service.
+    pub transport: QuicTransport,
+    /// Pace of connectivity checks.
+    pub punch: PunchConfig,
+}
+
+impl StackParts {
+    /// The socket as a prober, for [`PunchLayer`].
+    pub fn prober(&self) -> Arc<dyn Prober> {
+        self.socket.clone()
+    }
+}
+
+/// The default preset: gather → signal → punch → protocol select → QUIC.
+pub fn default_stack(parts: &StackParts) -> Stack {
+    let stack = ServiceBuilder::new()
+        .layer(GatherLayer::new(parts.socket.local_addr()))
+        .layer(SignalLayer::new(parts.signaller.clone()))
+        .layer(PunchLayer::new(parts.prober()).with_config(parts.punch))
+        .layer(ProtocolSelectLayer::new([Protocol::Quic]))
+        .service(parts.transport.clone());
+    BoxCloneSyncService::new(stack)
+}
