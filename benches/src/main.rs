@@ -72,9 +72,9 @@ fn spawn_fog(args: &[&str], prefix: &str) -> Result<(Proc, String)> {
             }
         }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow!("fog {args:?} printed no line starting with {prefix:?} within 10 s"))?;
+    let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+        anyhow!("fog {args:?} printed no line starting with {prefix:?} within 10 s")
+    })?;
     Ok((proc, line))
 }
 
@@ -135,7 +135,8 @@ async fn register_peers(url: &str, count: usize) -> Result<Vec<impl Sized>> {
             name: Some(format!("bench-{}", peer.short())),
             signature: fog_core::hex::encode(&identity.sign(&registration_message(&nonce, &peer))),
         };
-        ws.send(Message::Text(serde_json::to_string(&register)?)).await?;
+        ws.send(Message::Text(serde_json::to_string(&register)?))
+            .await?;
         match ws.next().await {
             Some(Ok(Message::Text(text))) if text.contains("\"registered\"") => {}
             other => bail!("registration failed: {other:?}"),
@@ -149,15 +150,29 @@ async fn register_peers(url: &str, count: usize) -> Result<Vec<impl Sized>> {
 async fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let settings = if quick {
-        Settings { connects: 5, echoes: 10, peers: 100 }
+        Settings {
+            connects: 5,
+            echoes: 10,
+            peers: 100,
+        }
     } else {
-        Settings { connects: 50, echoes: 200, peers: 2000 }
+        Settings {
+            connects: 50,
+            echoes: 200,
+            peers: 2000,
+        }
     };
     raise_fd_limit(4 * settings.peers as u64 + 256);
 
-    let (server, addr) = spawn_fog(&["server", "--signal", "127.0.0.1:0"], "fog signal server on")?;
+    let (server, addr) = spawn_fog(
+        &["server", "--signal", "127.0.0.1:0"],
+        "fog signal server on",
+    )?;
     let url = addr.clone();
-    let (serve, peer_line) = spawn_fog(&["serve", "--signal", &url, "--name", "bench-echo"], "peer id:")?;
+    let (serve, peer_line) = spawn_fog(
+        &["serve", "--signal", &url, "--name", "bench-echo"],
+        "peer id:",
+    )?;
     let _ = peer_line;
 
     let client = fog::Node::builder()
@@ -169,7 +184,10 @@ async fn main() -> Result<()> {
     let mut conn = None;
     for _ in 0..settings.connects {
         let started = Instant::now();
-        let c = client.connect("bench-echo").await.map_err(|e| anyhow!("connect: {e}"))?;
+        let c = client
+            .connect("bench-echo")
+            .await
+            .map_err(|e| anyhow!("connect: {e}"))?;
         connect_ms.push(started.elapsed().as_secs_f64() * 1e3);
         echo(&c).await?;
         if let Some(old) = conn.replace(c) {
@@ -209,7 +227,10 @@ async fn main() -> Result<()> {
         "| echo round trip on a new stream, median / p95 ({} echoes) | {rtt_median:.2} ms / {rtt_p95:.2} ms |",
         settings.echoes
     );
-    println!("| idle resident memory of `fog serve` | {:.1} MiB |", serve_rss as f64 / 1024.0);
+    println!(
+        "| idle resident memory of `fog serve` | {:.1} MiB |",
+        serve_rss as f64 / 1024.0
+    );
     println!(
         "| signal server memory per registered peer ({} peers) | {:.1} KiB |",
         settings.peers,

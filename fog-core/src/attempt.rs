@@ -26,6 +26,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
+    if name.parse::<PeerId>().is_ok() {
+        return Err("a peer name may not have the form of a peer id".into());
+    }
     if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '.' | '_' | '-')))
@@ -433,6 +436,10 @@ mod tests {
         assert!("".parse::<PeerRef>().is_err());
         assert!("a b".parse::<PeerRef>().is_err());
         assert!("x".repeat(65).parse::<PeerRef>().is_err());
+        assert!(
+            validate_name(&id.to_string()).is_err(),
+            "a name may not shadow an id"
+        );
     }
 
     #[test]

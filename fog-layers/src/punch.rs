@@ -176,9 +176,11 @@ async fn punch(
     let candidates = remote.candidates.clone();
     let local = prober.local_addr();
     let mut replies = prober.watch(&attempt.session);
-    let mut schedule = PunchSchedule::new(&candidates, local, Instant::now(), config);
+    // tokio's clock, so that tests with a paused clock run the schedule without waiting.
+    let now = || tokio::time::Instant::now().into_std();
+    let mut schedule = PunchSchedule::new(&candidates, local, now(), config);
     loop {
-        match schedule.poll(Instant::now()) {
+        match schedule.poll(now()) {
             PunchAction::Send(targets) => {
                 for target in targets {
                     match prober.send_check(&attempt.session, target) {
@@ -208,7 +210,7 @@ async fn punch(
                             rtt: reply.rtt,
                         });
                     }
-                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
                 }
             }
             PunchAction::GiveUp => {

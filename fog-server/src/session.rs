@@ -266,7 +266,7 @@ fn route(state: &State, from: PeerId, message: ClientMessage) -> Option<ServerMe
                 body,
             };
             state
-                .send_to(&target, offer)
+                .offer(from, &target, session.clone(), offer)
                 .err()
                 .map(|e| route_error(e, Some(session)))
         }
@@ -284,7 +284,7 @@ fn route(state: &State, from: PeerId, message: ClientMessage) -> Option<ServerMe
                 body,
             };
             state
-                .send_to(&PeerRef::Id(to), answer)
+                .reply(from, to, &session, answer)
                 .err()
                 .map(|e| route_error(e, Some(session)))
         }
@@ -293,13 +293,19 @@ fn route(state: &State, from: PeerId, message: ClientMessage) -> Option<ServerMe
             session,
             reason,
         } => {
+            if !valid_session(&session) {
+                return Some(error(
+                    ErrorCode::BadMessage,
+                    "session must be 32 hex characters",
+                ));
+            }
             let reject = ServerMessage::Reject {
                 from,
                 session: session.clone(),
                 reason: reason.chars().take(500).collect(),
             };
             state
-                .send_to(&PeerRef::Id(to), reject)
+                .reply(from, to, &session, reject)
                 .err()
                 .map(|e| route_error(e, Some(session)))
         }

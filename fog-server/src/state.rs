@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use fog_core::signal::{ErrorCode, ServerMessage};
 use fog_core::{PeerId, PeerRef};
@@ -14,11 +15,22 @@ struct Route {
     tx: mpsc::Sender<ServerMessage>,
 }
 
+/// How long an offer may be answered.
+const OFFER_TTL: Duration = Duration::from_secs(60);
+
+/// An offer waiting for its answer: only its target may answer or reject it.
+struct OpenOffer {
+    offerer: PeerId,
+    target: PeerId,
+    at: Instant,
+}
+
 #[derive(Default)]
 struct Tables {
     online: HashMap<PeerId, Route>,
     names: HashMap<String, PeerId>,
     known: HashSet<PeerId>,
+    offers: HashMap<String, OpenOffer>,
 }
 
 /// Everything the server knows. Names stay bound to their key after the peer goes offline.
@@ -118,13 +130,63 @@ impl State {
         self.tables().online.get(peer).and_then(|r| r.name.clone())
     }
 
-    /// Delivers `message` to `target` (a peer id or name) and returns its peer id.
-    pub(crate) fn send_to(
+    /// Forwards `from`'s offer for `session` to `target` and remembers it for the answer.
+    pub(crate) fn offer(
         &self,
+        from: PeerId,
+        target: &PeerRef,
+        session: String,
+        message: ServerMessage,
+    ) -> Result<(), RouteError> {
+        let mut tables = self.tables();
+        let to = Self::deliver(&tables, target, message)?;
+        let now = Instant::now();
+        if tables.offers.len() >= 1024 && tables.offers.len().is_power_of_two() {
+            tables
+                .offers
+                .retain(|_, o| now.duration_since(o.at) < OFFER_TTL);
+        }
+        tables.offers.insert(
+            session,
+            OpenOffer {
+                offerer: from,
+                target: to,
+                at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forwards `from`'s answer or refusal of the offer `session` to the peer that offered it.
+    /// Only the peer the offer went to may reply, once.
+    pub(crate) fn reply(
+        &self,
+        from: PeerId,
+        to: PeerId,
+        session: &str,
+        message: ServerMessage,
+    ) -> Result<(), RouteError> {
+        let mut tables = self.tables();
+        let open = tables
+            .offers
+            .get(session)
+            .is_some_and(|o| o.offerer == to && o.target == from && o.at.elapsed() < OFFER_TTL);
+        if !open {
+            return Err(RouteError {
+                code: ErrorCode::BadMessage,
+                message: format!("no open offer {session} from {to} to you"),
+            });
+        }
+        tables.offers.remove(session);
+        Self::deliver(&tables, &PeerRef::Id(to), message).map(|_| ())
+    }
+
+    /// Delivers `message` to `target` (a peer id or name) and returns its peer id.
+    fn deliver(
+        tables: &Tables,
         target: &PeerRef,
         message: ServerMessage,
     ) -> Result<PeerId, RouteError> {
-        let tables = self.tables();
         let peer = match target {
             PeerRef::Id(id) => *id,
             PeerRef::Name(name) => *tables.names.get(name).ok_or_else(|| RouteError {

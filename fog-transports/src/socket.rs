@@ -82,6 +82,17 @@ impl FogSocket {
         }))
     }
 
+    /// The bound address (a wildcard address when bound to one).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Sends one datagram with a direct system call. tokio's `try_send_to` refuses until the
+    /// reactor has seen the socket writable, which drops the first check of a fresh socket.
+    fn send_now(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        socket2::SockRef::from(&self.io).send_to(datagram, &to.into())
+    }
+
     fn checks(&self) -> std::sync::MutexGuard<'_, Checks> {
         self.checks.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -108,7 +119,7 @@ impl FogSocket {
                     &session.secret,
                 );
                 // Best effort: a full send buffer drops the reply, and the peer retries.
-                let _ = self.io.try_send_to(&reply, from);
+                let _ = self.send_now(&reply, from);
             }
             CheckKind::Reply => {
                 let Some(pending) = checks.pending.get(&packet.txid) else {
@@ -166,7 +177,7 @@ impl Prober for FogSocket {
                 sent: Instant::now(),
             },
         );
-        match self.io.try_send_to(&packet, remote) {
+        match self.send_now(&packet, remote) {
             Ok(_) => Ok(()),
             // A full buffer loses this check like the network could; the schedule retries.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fog_core::{
     Attempt, BoxError, ConnectError, Connection, Event, EventBus, Identity, PeerId, PeerRef,
-    Prober, Protocol, RemoteInfo,
+    Protocol, RemoteInfo,
 };
 use fog_layers::PunchConfig;
 use fog_transports::{FogSocket, QuicTransport};
