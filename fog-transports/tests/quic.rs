@@ -72,8 +72,6 @@ async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
         .expect("step finished within 15 s")
 }
 
-use fog_core::Prober;
-
 #[tokio::test]
 async fn the_right_keys_connect_and_carry_streams() {
     let (a, b) = (side().await, side().await);

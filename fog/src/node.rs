@@ -42,7 +42,7 @@ pub enum NodeError {
     #[error("transport: {0}")]
     Transport(BoxError),
     /// The signal server refused or could not be reached.
-    #[error(transparent)]
+    #[error("{0}")]
     Signal(#[from] ConnectError),
 }
 

@@ -1,0 +1,191 @@
+//! The `fog` binary driven as a user drives it: a server process, a serving node, `connect`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const FOG: &str = env!("CARGO_BIN_EXE_fog");
+
+/// A child process that is killed when the test ends, passed or not.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `fog ARGS` and waits (at most 10 s) for a stdout line starting with `prefix`.
+fn start(args: &[&str], prefix: &str) -> (Proc, String) {
+    let mut child = Command::new(FOG)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fog starts");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(&wanted) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("fog {args:?} printed no {prefix:?} line within 10 s"));
+    (proc, line)
+}
+
+/// Runs `fog ARGS` to completion; killed if it runs over 30 s.
+fn run(args: &[&str]) -> Output {
+    let child = Command::new(FOG)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fog starts");
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(output) => output.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+            panic!("fog {args:?} ran over 30 s");
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn serve_and_connect_by_name_and_id_with_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = start(
+        &["server", "--signal", "127.0.0.1:0"],
+        "fog signal server on",
+    );
+    let key = dir.path().join("serve.key");
+    let key = key.to_str().unwrap();
+    let (_serve, peer) = start(
+        &[
+            "serve", "--signal", &url, "--name", "cli-echo", "--key", key,
+        ],
+        "peer id:",
+    );
+
+    let out = run(&[
+        "connect",
+        "cli-echo",
+        "--signal",
+        &url,
+        "--json",
+        "--message",
+        "hi there",
+    ]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let line = text(&out.stdout);
+    assert_eq!(line.lines().count(), 1, "{line}");
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["peer"], peer.as_str());
+    assert_eq!(json["name"], "cli-echo");
+    assert_eq!(json["protocol"], "quic");
+    assert_eq!(json["path"], "direct");
+    assert_eq!(json["reply"], "hi there");
+    assert!(json["connect_ms"].as_f64().unwrap() > 0.0);
+    assert!(json["rtt_ms"].as_f64().unwrap() > 0.0);
+    for field in ["local", "remote"] {
+        let addr = json[field].as_str().unwrap();
+        assert!(
+            addr.parse::<std::net::SocketAddr>().is_ok(),
+            "{field}: {addr}"
+        );
+    }
+
+    // By id, without JSON; the key file gives the serving node the same id every run.
+    let out = run(&["connect", &peer, "--signal", &url]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("\"hello\""),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(&["id", "--key", key]);
+    assert_eq!(text(&out.stdout).trim(), peer);
+}
+
+#[test]
+fn failures_are_one_line_naming_the_cause() {
+    let (_server, url) = start(
+        &["server", "--signal", "127.0.0.1:0"],
+        "fog signal server on",
+    );
+    let stranger = fog::Identity::generate().peer_id().to_string();
+
+    let out = run(&["connect", &stranger, "--signal", &url]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: peer unknown:"), "{err}");
+
+    let out = run(&["connect", &stranger, "--signal", &url, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(json["error"], "peer unknown");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("ws://{}/ws", closed.local_addr().unwrap());
+    drop(closed);
+    let out = run(&["connect", &stranger, "--signal", &dead]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).starts_with("error: signal unreachable:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["connect", &stranger, "--signal", &url, "--timeout", "0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--timeout"));
+}
+
+#[test]
+fn id_creates_a_private_key_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let first = run(&["id", "--key", key.to_str().unwrap()]);
+    let second = run(&["id", "--key", key.to_str().unwrap()]);
+    assert!(first.status.success());
+    assert_eq!(text(&first.stdout), text(&second.stdout));
+    assert_eq!(text(&first.stdout).trim().len(), 52);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn demo_runs_and_shows_the_events() {
+    let out = run(&["demo"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    for step in [
+        "registered",
+        "offer sent",
+        "check answered",
+        "connected in",
+        "echo \"hello\"",
+    ] {
+        assert!(shown.contains(step), "demo output lacks {step:?}:\n{shown}");
+    }
+}
