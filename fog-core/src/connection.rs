@@ -87,6 +87,7 @@ struct RateSample {
 const MIN_RATE_WINDOW: Duration = Duration::from_millis(250);
 
 struct Inner {
+    disconnected: std::sync::atomic::AtomicBool,
     transport: Box<dyn TransportConnection>,
     peer: PeerId,
     protocol: Protocol,
@@ -114,6 +115,36 @@ impl fmt::Debug for Connection {
     }
 }
 
+impl Inner {
+    /// Reports the end of the connection, once.
+    fn report_disconnected(&self, reason: &str) {
+        if !self
+            .disconnected
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.events.emit(Event::Disconnected {
+                peer: self.peer,
+                reason: reason.to_string(),
+            });
+        }
+    }
+
+    /// Passes `result` through, reporting a closed connection as `Disconnected`.
+    fn observe<T>(&self, result: Result<T, ConnectionError>) -> Result<T, ConnectionError> {
+        if let Err(ConnectionError::Closed(reason)) = &result {
+            self.report_disconnected(reason);
+        }
+        result
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.transport.close("connection dropped");
+        self.report_disconnected("connection dropped");
+    }
+}
+
 impl Connection {
     /// Wraps a transport connection whose remote key was checked to be `peer`.
     pub fn new(
@@ -127,6 +158,7 @@ impl Connection {
         let counters = transport.counters();
         Connection {
             inner: Arc::new(Inner {
+                disconnected: std::sync::atomic::AtomicBool::new(false),
                 transport,
                 peer,
                 protocol,
@@ -176,7 +208,7 @@ impl Connection {
 
     /// Opens a bidirectional stream to the peer.
     pub async fn open_bi(&self) -> Result<(SendHalf, RecvHalf), ConnectionError> {
-        let stream = self.inner.transport.open_bi().await?;
+        let stream = self.inner.observe(self.inner.transport.open_bi().await)?;
         self.inner.events.emit(Event::StreamOpened {
             peer: self.inner.peer,
         });
@@ -185,7 +217,7 @@ impl Connection {
 
     /// Waits for the peer to open a bidirectional stream.
     pub async fn accept_bi(&self) -> Result<(SendHalf, RecvHalf), ConnectionError> {
-        self.inner.transport.accept_bi().await
+        self.inner.observe(self.inner.transport.accept_bi().await)
     }
 
     /// Byte counts and current speeds.
@@ -215,13 +247,11 @@ impl Connection {
         self.inner.transport.close(reason);
     }
 
-    /// Waits until the connection has ended and reports it as a `Disconnected` event.
+    /// Waits until the connection has ended. The end is reported once as a `Disconnected` event:
+    /// here, when a stream call finds the connection closed, or when the last handle is dropped.
     pub async fn closed(&self) -> String {
         let reason = self.inner.transport.closed().await;
-        self.inner.events.emit(Event::Disconnected {
-            peer: self.inner.peer,
-            reason: reason.clone(),
-        });
+        self.inner.report_disconnected(&reason);
         reason
     }
 }

@@ -126,6 +126,13 @@ impl QuicTransport {
         self.shared.endpoint.close(0u32.into(), b"node shut down");
     }
 
+    /// Closes every connection and waits (at most a second) until the peers were told.
+    pub async fn shutdown(&self) {
+        self.close();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+    }
+
     async fn dial(
         shared: Arc<Shared>,
         peer: PeerId,

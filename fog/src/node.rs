@@ -59,6 +59,7 @@ pub struct NodeBuilder {
     punch: PunchConfig,
     connect_timeout: Duration,
     stack: StackFactory,
+    events: EventBus,
 }
 
 impl Default for NodeBuilder {
@@ -73,6 +74,7 @@ impl Default for NodeBuilder {
             punch: PunchConfig::default(),
             connect_timeout: Duration::from_secs(20),
             stack: Arc::new(default_stack),
+            events: EventBus::new(),
         }
     }
 }
@@ -134,6 +136,11 @@ impl NodeBuilder {
         self
     }
 
+    /// A receiver of the node's events from before it binds, so the registration is seen too.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
     /// Binds the socket, registers at the signal server and starts answering offers.
     pub async fn bind(self) -> Result<Node, NodeError> {
         let signal = self.signal.clone().ok_or(NodeError::NoSignal)?;
@@ -142,7 +149,7 @@ impl NodeBuilder {
             (None, Some(path)) => Identity::load_or_generate(path)?,
             (None, None) => Identity::generate(),
         };
-        let events = EventBus::new();
+        let events = self.events.clone();
         let socket = FogSocket::bind(self.bind)
             .await
             .map_err(|source| NodeError::Bind {
@@ -308,8 +315,7 @@ impl Node {
     /// Closes every connection, the endpoint and the signal session.
     pub async fn shutdown(self) {
         self.responder.0.abort();
-        self.inner.transport.close();
-        tokio::task::yield_now().await;
+        self.inner.transport.shutdown().await;
     }
 }
 

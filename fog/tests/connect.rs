@@ -173,3 +173,61 @@ async fn events_tell_the_story_of_a_connection() {
     assert!(has(&|e| matches!(e, Event::Connected { .. })));
     assert!(has(&|e| matches!(e, Event::StreamOpened { .. })));
 }
+
+#[tokio::test]
+async fn registration_is_an_event_for_those_who_subscribe_before_binding() {
+    let server = server().await;
+    let builder = fog::Node::builder()
+        .signal(server.url())
+        .name("early")
+        .bind_addr("127.0.0.1:0".parse().unwrap());
+    let mut events = builder.subscribe();
+    let node = builder.bind().await.unwrap();
+    assert_eq!(
+        events.try_recv().unwrap(),
+        Event::Registered {
+            peer: node.peer_id(),
+            name: Some("early".into())
+        }
+    );
+}
+
+#[tokio::test]
+async fn both_sides_hear_of_a_closed_connection() {
+    let server = server().await;
+    let a = node(&server, None).await;
+    let b = node(&server, None).await;
+    let mut incoming = b.incoming();
+    let mut b_events = b.events();
+    let conn = within("connect", 10, a.connect(b.peer_id().to_string()))
+        .await
+        .unwrap();
+    let accepted = within("accept", 10, incoming.next()).await.unwrap();
+    let mut a_events = a.events();
+    conn.close("bye");
+    // The responder learns it from its stream call, and says so as an event.
+    let err = within("accept_bi ends", 10, accepted.accept_bi())
+        .await
+        .err()
+        .expect("the closed connection yields no stream");
+    assert!(err.to_string().contains("closed"), "{err}");
+    within("responder disconnected event", 10, async {
+        loop {
+            if let Ok(Event::Disconnected { peer, .. }) = b_events.recv().await {
+                assert_eq!(peer, a.peer_id());
+                break;
+            }
+        }
+    })
+    .await;
+    drop(conn);
+    within("dialer disconnected event", 10, async {
+        loop {
+            if let Ok(Event::Disconnected { peer, .. }) = a_events.recv().await {
+                assert_eq!(peer, b.peer_id());
+                break;
+            }
+        }
+    })
+    .await;
+}
