@@ -39,6 +39,10 @@ impl Default for PunchConfig {
     }
 }
 
+/// Most remote candidates checked per attempt: a peer cannot make us spray checks at an
+/// arbitrary list of addresses.
+pub const MAX_REMOTE_CANDIDATES: usize = 16;
+
 /// What the punch loop should do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PunchAction {
@@ -72,7 +76,7 @@ impl PunchSchedule {
         sorted.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let mut targets: Vec<SocketAddr> = Vec::new();
         for c in sorted {
-            if !targets.contains(&c.addr) {
+            if !targets.contains(&c.addr) && targets.len() < MAX_REMOTE_CANDIDATES {
                 targets.push(c.addr);
             }
         }
@@ -315,6 +319,15 @@ mod tests {
         let mut s = PunchSchedule::new(&[cand("10.0.0.2:1")], local(), t0, PunchConfig::default());
         assert!(matches!(s.poll(t0), PunchAction::Send(_)));
         assert_eq!(s.poll(t0 + Duration::from_secs(5)), PunchAction::GiveUp);
+    }
+
+    #[test]
+    fn a_peer_cannot_make_us_check_more_than_the_cap() {
+        let many: Vec<Candidate> = (1..=100u16)
+            .map(|port| cand(&format!("10.0.0.2:{port}")))
+            .collect();
+        let s = PunchSchedule::new(&many, local(), Instant::now(), PunchConfig::default());
+        assert_eq!(s.targets().len(), MAX_REMOTE_CANDIDATES);
     }
 
     #[test]

@@ -319,13 +319,26 @@ impl Node {
     }
 }
 
+/// Most offers answered at once; more are refused as busy, so a flood of offers cannot make
+/// the node run unbounded attempts.
+const MAX_ANSWERING: usize = 64;
+
 async fn answer_offers(
     node: std::sync::Weak<Inner>,
     mut offers: mpsc::Receiver<IncomingOffer>,
     incoming: mpsc::Sender<Connection>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ANSWERING));
     while let Some(offer) = offers.recv().await {
         let Some(inner) = node.upgrade() else { return };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            inner.signal.reject(
+                offer.from,
+                &offer.session,
+                "busy: too many connections being set up",
+            );
+            continue;
+        };
         inner.events.emit(Event::OfferReceived { peer: offer.from });
         let remote = RemoteInfo {
             peer_id: offer.from,
@@ -348,6 +361,7 @@ async fn answer_offers(
         let incoming = incoming.clone();
         drop(inner);
         tokio::spawn(async move {
+            let _slot = slot;
             let peer = offer.from;
             let session = attempt.session;
             match tokio::time::timeout(timeout, stack.oneshot(attempt)).await {
