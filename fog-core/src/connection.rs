@@ -90,6 +90,7 @@ struct Inner {
     disconnected: std::sync::atomic::AtomicBool,
     transport: Box<dyn TransportConnection>,
     peer: PeerId,
+    peer_name: Option<String>,
     protocol: Protocol,
     path: PathKind,
     connect_time: Duration,
@@ -146,10 +147,12 @@ impl Drop for Inner {
 }
 
 impl Connection {
-    /// Wraps a transport connection whose remote key was checked to be `peer`.
+    /// Wraps a transport connection whose remote key was checked to be `peer` (registered at the
+    /// signal server as `peer_name`, when it has a name).
     pub fn new(
         transport: Box<dyn TransportConnection>,
         peer: PeerId,
+        peer_name: Option<String>,
         protocol: Protocol,
         path: PathKind,
         connect_time: Duration,
@@ -161,6 +164,7 @@ impl Connection {
                 disconnected: std::sync::atomic::AtomicBool::new(false),
                 transport,
                 peer,
+                peer_name,
                 protocol,
                 path,
                 connect_time,
@@ -179,6 +183,11 @@ impl Connection {
     /// The peer's id, checked during the transport handshake.
     pub fn peer_id(&self) -> PeerId {
         self.inner.peer
+    }
+
+    /// The name the peer registered at the signal server, when it has one.
+    pub fn peer_name(&self) -> Option<&str> {
+        self.inner.peer_name.as_deref()
     }
 
     /// The transport protocol (the original's `fc_get_connect_protocol`).

@@ -273,6 +273,7 @@ impl Service<Attempt> for QuicTransport {
                     local: path.local,
                 }),
                 peer,
+                attempt.remote.as_ref().and_then(|r| r.name.clone()),
                 Protocol::Quic,
                 path.kind,
                 attempt.elapsed(),

@@ -188,7 +188,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 let reply = String::from_utf8_lossy(&reply).into_owned();
                 let report = serde_json::json!({
                     "peer": conn.peer_id().to_string(),
-                    "name": if peer.parse::<fog::PeerId>().is_ok() { None } else { Some(peer.clone()) },
+                    "name": conn.peer_name(),
                     "protocol": conn.protocol().as_str(),
                     "path": conn.path_kind().to_string(),
                     "local": conn.local_addr().to_string(),

@@ -119,6 +119,13 @@ fn serve_and_connect_by_name_and_id_with_json() {
         "{}",
         text(&out.stdout)
     );
+    let out = run(&["connect", &peer, "--signal", &url, "--json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(
+        json["name"], "cli-echo",
+        "the server-verified name, also when dialled by id"
+    );
     let out = run(&["id", "--key", key]);
     assert_eq!(text(&out.stdout).trim(), peer);
 }

@@ -37,6 +37,8 @@ async fn connect_by_name_and_the_responder_learns_who_dialled() {
         .await
         .expect("incoming");
     assert_eq!(accepted.peer_id(), a.peer_id());
+    assert_eq!(conn.peer_name(), Some("1e:34:a1:44:2c:1c"));
+    assert_eq!(accepted.peer_name(), Some("alice"));
 }
 
 #[tokio::test]
