@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"
@@ -26,3 +27,4 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 # The bench binary must at least run its quick mode, so its table cannot rot.
 cargo run --locked -q -p fog-benches --bin fog-bench -- --quick
+cargo run --locked -q -p fog-benches --bin fog-bench-nat -- --quick

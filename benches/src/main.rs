@@ -165,7 +165,7 @@ async fn main() -> Result<()> {
     raise_fd_limit(4 * settings.peers as u64 + 256);
 
     let (server, addr) = spawn_fog(
-        &["server", "--signal", "127.0.0.1:0"],
+        &["server", "--signal", "127.0.0.1:0", "--stun", "127.0.0.1:0"],
         "fog signal server on",
     )?;
     let url = addr.clone();

@@ -208,16 +208,7 @@ impl FromStr for Protocol {
     }
 }
 
-/// What a NAT probe learned about the local network. Filled by the NAT probe layer when present.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NatProfile {
-    /// `open`, `full-cone`, `restricted-cone`, `port-restricted-cone`, `symmetric`, `udp-blocked`.
-    pub nat_type: Option<String>,
-    /// The public address a STUN server saw.
-    pub public: Option<SocketAddr>,
-    /// Port allocation step for sequential symmetric NATs.
-    pub port_delta: Option<i32>,
-}
+pub use crate::nat::NatProfile;
 
 /// The plan for reaching the peer, chosen from the pair of NAT profiles. Filled by a strategy layer
 /// when present; without one, the punch layer probes every candidate pair.

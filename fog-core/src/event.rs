@@ -25,6 +25,11 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// The NAT probe's verdict is new or changed.
+    NatChanged {
+        /// The verdict.
+        profile: crate::nat::NatProfile,
+    },
     /// A local candidate was found.
     CandidateGathered {
         /// The candidate.

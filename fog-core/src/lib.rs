@@ -18,6 +18,7 @@ pub mod error;
 pub mod event;
 pub mod hex;
 pub mod identity;
+pub mod nat;
 pub mod probe;
 pub mod signal;
 
@@ -32,5 +33,6 @@ pub use connection::{
 pub use error::{BoxError, ConnectError};
 pub use event::{Event, EventBus};
 pub use identity::{Identity, IdentityError, PeerId};
+pub use nat::{Filtering, Mapping, NatType, PortAllocation};
 pub use probe::{CheckReply, Prober};
 pub use signal::{AnswerFrom, SessionDescription, Signaller};

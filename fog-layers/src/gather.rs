@@ -28,7 +28,7 @@ pub fn host_candidates(addresses: &[IpAddr], port: u16) -> Vec<Candidate> {
 }
 
 /// The addresses of the machine's interfaces that match the family of `bound`.
-fn interface_addresses(bound: SocketAddr) -> Vec<IpAddr> {
+pub fn interface_addresses(bound: SocketAddr) -> Vec<IpAddr> {
     if !bound.ip().is_unspecified() {
         return vec![bound.ip()];
     }

@@ -8,6 +8,7 @@
 //!
 //! | layer | adds to the attempt |
 //! | --- | --- |
+//! | [`NatProbeLayer`] | the local NAT profile (probed with STUN, cached, refreshed) |
 //! | [`GatherLayer`] | host candidates of every usable interface |
 //! | [`SignalLayer`] | the peer's candidates and protocols (offer/answer) |
 //! | [`PunchLayer`] | the path: the first candidate pair that answers a check |
@@ -34,12 +35,14 @@
 
 pub mod future;
 pub mod gather;
+pub mod nat_probe;
 pub mod protocol;
 pub mod punch;
 pub mod signal;
 
 pub use future::ResponseFuture;
 pub use gather::{Gather, GatherLayer};
+pub use nat_probe::{NatCache, NatProbe, NatProbeLayer};
 pub use protocol::{ProtocolSelect, ProtocolSelectLayer};
 pub use punch::{Punch, PunchConfig, PunchLayer, PunchSchedule};
 pub use signal::{Signal, SignalLayer};

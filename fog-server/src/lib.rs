@@ -19,6 +19,7 @@
 
 mod session;
 mod state;
+pub mod stun;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -28,6 +28,22 @@ enum Command {
         /// Address of the WebSocket signal server (path /ws).
         #[arg(long, default_value = "0.0.0.0:7600")]
         signal: SocketAddr,
+        /// Address of the STUN server (RFC 5389) [default: 0.0.0.0:3478, skipped with a warning
+        /// when taken].
+        #[arg(long)]
+        stun: Option<SocketAddr>,
+        /// A second STUN address, with another IP and port, for RFC 5780 NAT behaviour discovery.
+        #[arg(long, requires = "stun")]
+        stun_alt: Option<SocketAddr>,
+    },
+    /// Detect the NAT in front of this host with STUN (RFC 5780).
+    Nat {
+        /// STUN server; give two for servers without RFC 5780 support.
+        #[arg(long, required = true)]
+        stun: Vec<SocketAddr>,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a node that echoes every stream back to its sender.
     Serve {
@@ -130,17 +146,91 @@ fn describe(e: &(dyn std::error::Error + 'static)) -> (&'static str, String) {
 
 async fn run(command: Command) -> Result<(), BoxError> {
     match command {
-        Command::Server { signal } => {
+        Command::Server {
+            signal,
+            stun,
+            stun_alt,
+        } => {
+            let stun_config = fog::server::stun::StunConfig {
+                primary: stun.unwrap_or(fog::server::stun::StunConfig::default().primary),
+                alternate: stun_alt,
+            };
+            let stun_server = match fog::server::stun::StunServer::bind(stun_config).await {
+                Ok(server) => Some(server),
+                // Only the default may be skipped; an address the user asked for must work.
+                Err(e) if stun.is_none() => {
+                    eprintln!("warning: no STUN server: {e}");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let announced = stun_server
+                .as_ref()
+                .map(|s| vec![s.primary().to_string()])
+                .unwrap_or_default();
             let server = fog::server::SignalServer::bind(fog::server::SignalConfig {
                 listen: signal,
+                stun: announced,
                 ..Default::default()
             })
             .await
             .map_err(|e| format!("cannot listen on {signal}: {e}"))?;
+            if let Some(stun) = &stun_server {
+                let addrs: Vec<String> = stun.local_addrs().iter().map(|a| a.to_string()).collect();
+                println!("fog stun server on {}", addrs.join(" "));
+            }
             println!("fog signal server on ws://{}/ws", server.local_addr());
             tokio::select! {
                 _ = server.serve_forever() => {}
                 _ = tokio::signal::ctrl_c() => {}
+            }
+            drop(stun_server);
+            Ok(())
+        }
+        Command::Nat { stun, json } => {
+            let report =
+                fog::layers::nat_probe::probe_nat(&fog::layers::nat_probe::ProbeConfig::new(stun))
+                    .await?;
+            let p = &report.profile;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "nat_type": p.nat_type,
+                        "mapping": p.mapping,
+                        "filtering": p.filtering,
+                        "port_allocation": p.port_allocation,
+                        "port_delta": p.port_delta,
+                        "public": p.public.map(|a| a.to_string()),
+                        "hairpinning": p.hairpinning,
+                        "elapsed_ms": report.elapsed.as_millis() as u64,
+                    })
+                );
+            } else {
+                let show = |v: serde_json::Value| match v {
+                    serde_json::Value::Null => "unknown".to_string(),
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                println!("NAT type:        {}", show(serde_json::json!(p.nat_type)));
+                println!("mapping:         {}", show(serde_json::json!(p.mapping)));
+                println!("filtering:       {}", show(serde_json::json!(p.filtering)));
+                println!(
+                    "port allocation: {}",
+                    show(serde_json::json!(p.port_allocation))
+                );
+                if let Some(delta) = p.port_delta {
+                    println!("port delta:      {delta}");
+                }
+                println!(
+                    "public address:  {}",
+                    show(serde_json::json!(p.public.map(|a| a.to_string())))
+                );
+                println!(
+                    "hairpinning:     {}",
+                    show(serde_json::json!(p.hairpinning))
+                );
+                println!("probe time:      {} ms", report.elapsed.as_millis());
             }
             Ok(())
         }

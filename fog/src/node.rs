@@ -12,7 +12,8 @@ use fog_core::{
     Attempt, BoxError, ConnectError, Connection, Event, EventBus, Identity, PeerId, PeerRef,
     Protocol, RemoteInfo,
 };
-use fog_layers::PunchConfig;
+use fog_layers::nat_probe::{NatReport, ProbeConfig};
+use fog_layers::{NatCache, PunchConfig};
 use fog_transports::{FogSocket, QuicTransport};
 use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, Mutex};
@@ -60,6 +61,8 @@ pub struct NodeBuilder {
     connect_timeout: Duration,
     stack: StackFactory,
     events: EventBus,
+    stun: Option<Vec<SocketAddr>>,
+    nat_refresh: Duration,
 }
 
 impl Default for NodeBuilder {
@@ -75,6 +78,8 @@ impl Default for NodeBuilder {
             connect_timeout: Duration::from_secs(20),
             stack: Arc::new(default_stack),
             events: EventBus::new(),
+            stun: None,
+            nat_refresh: Duration::from_secs(300),
         }
     }
 }
@@ -136,6 +141,20 @@ impl NodeBuilder {
         self
     }
 
+    /// STUN servers for NAT detection, instead of those the signal server announces; an empty
+    /// list turns NAT detection off.
+    pub fn stun(mut self, servers: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.stun = Some(servers.into_iter().collect());
+        self
+    }
+
+    /// How long a NAT verdict is trusted before it is probed again (default 5 min; a change of
+    /// the host's addresses re-probes at once).
+    pub fn nat_refresh(mut self, max_age: Duration) -> Self {
+        self.nat_refresh = max_age;
+        self
+    }
+
     /// A receiver of the node's events from before it binds, so the registration is seen too.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
@@ -160,11 +179,21 @@ impl NodeBuilder {
             QuicTransport::new(socket.clone(), identity.clone()).map_err(NodeError::Transport)?;
         let (signal_client, offers) =
             SignalClient::connect(&signal, &identity, self.name.clone(), events.clone()).await?;
+        let stun = match self.stun.clone() {
+            Some(servers) => servers,
+            None => announced_stun(&signal, &signal_client.registration().stun).await,
+        };
+        let nat = (!stun.is_empty())
+            .then(|| NatCache::new(ProbeConfig::new(stun), self.nat_refresh, events.clone()));
+        let nat_refresher = nat
+            .as_ref()
+            .map(|cache| AbortOnDrop(cache.spawn_refresher(ADDRESS_WATCH)));
         let parts = StackParts {
             socket: socket.clone(),
             signaller: Arc::new(signal_client.clone()),
             transport: transport.clone(),
             punch: self.punch,
+            nat,
         };
         let stack = (self.stack)(&parts);
         let (incoming_tx, incoming_rx) = mpsc::channel(64);
@@ -180,6 +209,7 @@ impl NodeBuilder {
             protocols: self.protocols,
             connect_timeout: self.connect_timeout,
             incoming: Arc::new(Mutex::new(incoming_rx)),
+            _nat_refresher: nat_refresher,
         });
         let responder = tokio::spawn(answer_offers(Arc::downgrade(&inner), offers, incoming_tx));
         Ok(Node {
@@ -201,6 +231,44 @@ struct Inner {
     protocols: Vec<Protocol>,
     connect_timeout: Duration,
     incoming: Arc<Mutex<mpsc::Receiver<Connection>>>,
+    _nat_refresher: Option<AbortOnDrop>,
+}
+
+/// How often the host's addresses are compared, to re-probe the NAT when they change.
+const ADDRESS_WATCH: Duration = Duration::from_secs(5);
+
+/// The STUN servers the signal server announced, resolved. A wildcard address means "the signal
+/// server's own host".
+async fn announced_stun(signal_url: &str, announced: &[String]) -> Vec<SocketAddr> {
+    let signal_host = signal_url
+        .parse::<tokio_tungstenite::tungstenite::http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(|h| h.trim_matches(['[', ']']).to_string()));
+    let signal_ip = match &signal_host {
+        Some(host) => tokio::net::lookup_host((host.as_str(), 0))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .map(|a| a.ip()),
+        None => None,
+    };
+    let mut servers = Vec::new();
+    for entry in announced {
+        let Ok(mut addrs) = tokio::net::lookup_host(entry.as_str()).await else {
+            tracing::warn!(%entry, "cannot resolve announced STUN server");
+            continue;
+        };
+        if let Some(mut addr) = addrs.next() {
+            if addr.ip().is_unspecified() {
+                match signal_ip {
+                    Some(ip) => addr.set_ip(ip),
+                    None => continue,
+                }
+            }
+            servers.push(addr);
+        }
+    }
+    servers
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -252,6 +320,28 @@ impl Node {
     /// STUN servers and relays the signal server announced.
     pub fn registration(&self) -> &crate::signal_client::Registration {
         self.inner.signal.registration()
+    }
+
+    /// The last NAT verdict, if the node has one yet.
+    pub fn nat(&self) -> Option<NatReport> {
+        self.inner
+            .parts
+            .nat
+            .as_ref()
+            .and_then(|cache| cache.current())
+    }
+
+    /// A NAT verdict, probing now when there is none yet; `None` without STUN servers.
+    pub async fn nat_profile(&self) -> Option<NatReport> {
+        self.inner.parts.nat.as_ref()?.get().await.ok()
+    }
+
+    /// The node's host candidates: every usable interface address with the node's port.
+    pub fn host_candidates(&self) -> Vec<fog_core::Candidate> {
+        fog_layers::gather::host_candidates(
+            &fog_layers::gather::interface_addresses(self.local_addr()),
+            self.local_addr().port(),
+        )
     }
 
     /// A receiver of every event from now on.

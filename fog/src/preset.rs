@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use fog_core::{Attempt, BoxError, Connection, Prober, Protocol, Signaller};
-use fog_layers::{GatherLayer, ProtocolSelectLayer, PunchConfig, PunchLayer, SignalLayer};
+use fog_layers::{
+    GatherLayer, NatCache, NatProbeLayer, ProtocolSelectLayer, PunchConfig, PunchLayer, SignalLayer,
+};
 use fog_transports::{FogSocket, QuicTransport};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
@@ -22,6 +24,8 @@ pub struct StackParts {
     pub transport: QuicTransport,
     /// Pace of connectivity checks.
     pub punch: PunchConfig,
+    /// The node's NAT verdict, when the signal server announced STUN servers.
+    pub nat: Option<NatCache>,
 }
 
 impl StackParts {
@@ -31,9 +35,11 @@ impl StackParts {
     }
 }
 
-/// The default preset: gather → signal → punch → protocol select → QUIC.
+/// The default preset: NAT probe (when STUN servers are known) → gather → signal → punch →
+/// protocol select → QUIC.
 pub fn default_stack(parts: &StackParts) -> Stack {
     let stack = ServiceBuilder::new()
+        .option_layer(parts.nat.clone().map(NatProbeLayer::new))
         .layer(GatherLayer::new(parts.socket.local_addr()))
         .layer(SignalLayer::new(parts.signaller.clone()))
         .layer(PunchLayer::new(parts.prober()).with_config(parts.punch))

@@ -71,7 +71,7 @@ fn text(bytes: &[u8]) -> String {
 fn serve_and_connect_by_name_and_id_with_json() {
     let dir = tempfile::tempdir().unwrap();
     let (_server, url) = start(
-        &["server", "--signal", "127.0.0.1:0"],
+        &["server", "--signal", "127.0.0.1:0", "--stun", "127.0.0.1:0"],
         "fog signal server on",
     );
     let key = dir.path().join("serve.key");
@@ -133,7 +133,7 @@ fn serve_and_connect_by_name_and_id_with_json() {
 #[test]
 fn failures_are_one_line_naming_the_cause() {
     let (_server, url) = start(
-        &["server", "--signal", "127.0.0.1:0"],
+        &["server", "--signal", "127.0.0.1:0", "--stun", "127.0.0.1:0"],
         "fog signal server on",
     );
     let stranger = fog::Identity::generate().peer_id().to_string();
@@ -195,4 +195,51 @@ fn demo_runs_and_shows_the_events() {
     ] {
         assert!(shown.contains(step), "demo output lacks {step:?}:\n{shown}");
     }
+}
+
+#[test]
+fn nat_reports_json_against_a_fog_stun_server() {
+    // 127.0.0.1 and 127.0.0.2: two loopback addresses, so the server can do RFC 5780.
+    let free = || {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (primary, alternate) = (
+        format!("127.0.0.1:{}", free()),
+        format!("127.0.0.2:{}", free()),
+    );
+    let (_server, _) = start(
+        &[
+            "server",
+            "--signal",
+            "127.0.0.1:0",
+            "--stun",
+            &primary,
+            "--stun-alt",
+            &alternate,
+        ],
+        "fog signal server on",
+    );
+    let out = run(&["nat", "--stun", &primary, "--json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    // Loopback has no NAT.
+    assert_eq!(json["nat_type"], "open", "{json}");
+    assert_eq!(json["mapping"], "endpoint-independent");
+    assert_eq!(json["filtering"], "endpoint-independent");
+    assert_eq!(json["port_allocation"], "preserving");
+    assert!(json["public"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(json["elapsed_ms"].as_u64().unwrap() < 1500);
+
+    // Nobody answering is a verdict, not a crash.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent = silent.local_addr().unwrap().to_string();
+    let out = run(&["nat", "--stun", &silent, "--json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
+    assert_eq!(json["nat_type"], "udp-blocked");
+    assert_eq!(json["port_allocation"], serde_json::Value::Null);
 }

@@ -233,3 +233,46 @@ async fn both_sides_hear_of_a_closed_connection() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn nodes_learn_their_nat_from_the_announced_stun_server_and_offer_it() {
+    let stun = fog::server::stun::StunServer::bind(fog::server::stun::StunConfig {
+        primary: "127.0.0.1:0".parse().unwrap(),
+        alternate: None,
+    })
+    .await
+    .unwrap();
+    let server = fog::server::SignalServer::bind(fog::server::SignalConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        stun: vec![stun.primary().to_string()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let builder = fog::Node::builder()
+        .signal(server.url())
+        .bind_addr("127.0.0.1:0".parse().unwrap());
+    let mut a_events = builder.subscribe();
+    let a = builder.bind().await.unwrap();
+    assert_eq!(a.registration().stun, vec![stun.primary().to_string()]);
+    let b = node(&server, None).await;
+    serve_echo(&b);
+    let report = within("nat verdict", 10, a.nat_profile())
+        .await
+        .expect("a verdict");
+    assert_eq!(report.profile.public.unwrap().ip().to_string(), "127.0.0.1");
+    within("nat event", 10, async {
+        loop {
+            if let Ok(Event::NatChanged { profile }) = a_events.recv().await {
+                assert_eq!(profile, report.profile);
+                break;
+            }
+        }
+    })
+    .await;
+    // The NAT probe layer is now part of a's stack, and connecting still works.
+    let conn = within("connect", 10, a.connect(b.peer_id().to_string()))
+        .await
+        .unwrap();
+    assert_eq!(echo(&conn, b"nat".to_vec()).await, b"nat");
+}

@@ -1,0 +1,122 @@
+//! `fog-bench-nat`: NAT probe time per behaviour of the test bed, with 0 ms and 25 ms one-way
+//! delay on the host's access link. Runs `fog nat` (the binary next to this one) in the host's
+//! namespace against `fog server` with an RFC 5780 STUN server. Needs root, `ip` and `nft`.
+//!
+//! `--quick` does 2 runs per cell instead of 10.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fog_natlab::{Host, Lab, Link, NatBehaviour};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fog_binary() -> Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("fog");
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build -p fog)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn probe(host: &Host, fog: &PathBuf) -> Result<serde_json::Value> {
+    let out = host
+        .command(fog)
+        .args(["nat", "--stun", "203.0.113.9:3478", "--json"])
+        .output()
+        .context("running fog nat")?;
+    if !out.status.success() {
+        bail!("fog nat failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+fn median_p95(mut ms: Vec<f64>) -> (f64, f64) {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| ms[(((ms.len() - 1) as f64) * p).round() as usize];
+    (at(0.5), at(0.95))
+}
+
+fn main() -> Result<()> {
+    let runs = if std::env::args().any(|a| a == "--quick") {
+        2
+    } else {
+        10
+    };
+    let fog = fog_binary()?;
+    let mut lab = Lab::new().map_err(|e| anyhow!("the NAT test bed: {e}"))?;
+    let server = lab.server(&[
+        Ipv4Addr::new(203, 0, 113, 9),
+        Ipv4Addr::new(203, 0, 113, 10),
+    ])?;
+    let mut child = server
+        .command(&fog)
+        .args([
+            "server",
+            "--signal",
+            "203.0.113.9:7600",
+            "--stun",
+            "203.0.113.9:3478",
+            "--stun-alt",
+            "203.0.113.10:3479",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let _server = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("fog signal server on") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .map_err(|_| anyhow!("fog server did not start within 10 s"))?;
+
+    println!("| behaviour | verdict | 0 ms: median / p95 | 25 ms one-way: median / p95 |");
+    println!("| --- | --- | --- | --- |");
+    for nat in NatBehaviour::ALL {
+        let mut cells = Vec::new();
+        let mut verdicts = Vec::new();
+        for delay in [0u64, 25] {
+            // A router per host: full and restricted cones forward inbound UDP to one host.
+            let router = lab.router(nat, Link::default())?;
+            let host = lab.host(&router, Link::with_delay(Duration::from_millis(delay)))?;
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let json = probe(&host, &fog)?;
+                times.push(json["elapsed_ms"].as_f64().unwrap_or(f64::NAN));
+                let verdict = json["nat_type"].as_str().unwrap_or("unknown").to_string();
+                if !verdicts.contains(&verdict) {
+                    verdicts.push(verdict);
+                }
+            }
+            let (median, p95) = median_p95(times);
+            cells.push(format!("{median:.0} ms / {p95:.0} ms"));
+        }
+        println!(
+            "| {nat} | {} | {} | {} |",
+            verdicts.join(", "),
+            cells[0],
+            cells[1]
+        );
+    }
+    Ok(())
+}
