@@ -28,3 +28,4 @@ cargo test --workspace --locked
 # The bench binary must at least run its quick mode, so its table cannot rot.
 cargo run --locked -q -p fog-benches --bin fog-bench -- --quick
 cargo run --locked -q -p fog-benches --bin fog-bench-nat -- --quick
+cargo run --locked -q -p fog-benches --bin fog-bench-punch -- --quick

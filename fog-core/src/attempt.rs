@@ -96,6 +96,8 @@ pub enum CandidateKind {
     Srflx,
     /// A port the NAT is predicted to open next.
     Predicted,
+    /// The peer's address as our socket saw it in one of its checks.
+    Prflx,
     /// An address allocated on a relay.
     Relay,
 }
@@ -106,6 +108,7 @@ impl fmt::Display for CandidateKind {
             CandidateKind::Host => "host",
             CandidateKind::Srflx => "srflx",
             CandidateKind::Predicted => "predicted",
+            CandidateKind::Prflx => "prflx",
             CandidateKind::Relay => "relay",
         })
     }
@@ -123,6 +126,15 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A server-reflexive candidate: below host candidates, so a shared LAN wins.
+    pub fn srflx(addr: SocketAddr) -> Self {
+        Candidate {
+            addr,
+            kind: CandidateKind::Srflx,
+            priority: 60 << 8,
+        }
+    }
+
     /// A host candidate; private LAN addresses rank above public ones, loopback last.
     pub fn host(addr: SocketAddr) -> Self {
         let ip = addr.ip();
@@ -210,15 +222,42 @@ impl FromStr for Protocol {
 
 pub use crate::nat::NatProfile;
 
-/// The plan for reaching the peer, chosen from the pair of NAT profiles. Filled by a strategy layer
-/// when present; without one, the punch layer probes every candidate pair.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The plan for reaching the peer, chosen from the pair of NAT profiles by a strategy layer.
+/// Without one, the punch layer probes every candidate pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Strategy {
-    /// Probe all candidate pairs from both sides at once.
+    /// One side takes unsolicited packets (open or full cone): checks from both sides find the
+    /// path, the open side learning the other's address from its checks.
+    Direct,
+    /// Both behind cone NATs: simultaneous checks to each other's public addresses.
     Punch,
-    /// No direct path can exist; go to a relay at once.
+    /// A sequential symmetric NAT: checks also go to the ports it is predicted to open next.
+    Predict,
+    /// A random symmetric NAT against a port-restricted cone: many sockets against many ports
+    /// (birthday spraying).
+    Spray,
+    /// No direct path can exist (both symmetric with a random one, or UDP blocked): relay.
     RelayOnly,
+}
+
+impl Strategy {
+    /// The name used in JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Direct => "direct",
+            Strategy::Punch => "punch",
+            Strategy::Predict => "predict",
+            Strategy::Spray => "spray",
+            Strategy::RelayOnly => "relay-only",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Whether the chosen path is direct or through a relay.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::attempt::{PathKind, Protocol};
+use crate::attempt::{Attempt, CandidateKind, PathKind, Protocol, Strategy};
 use crate::event::{Event, EventBus};
 use crate::identity::PeerId;
 
@@ -86,14 +86,47 @@ struct RateSample {
 
 const MIN_RATE_WINDOW: Duration = Duration::from_millis(250);
 
+/// What is known about a connection from the attempt that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The peer's key, checked during the transport handshake.
+    pub peer: PeerId,
+    /// The name the peer registered at the signal server.
+    pub peer_name: Option<String>,
+    /// The transport protocol.
+    pub protocol: Protocol,
+    /// Direct or relayed.
+    pub path: PathKind,
+    /// The kind of the remote candidate the path goes to.
+    pub candidate: CandidateKind,
+    /// The plan that was used, when a strategy layer chose one.
+    pub strategy: Option<Strategy>,
+    /// Connectivity checks sent.
+    pub probes: u32,
+    /// From the connect request to the established connection.
+    pub connect_time: Duration,
+}
+
+impl ConnectionInfo {
+    /// The info of a connection that `attempt` made over `protocol`.
+    pub fn from_attempt(attempt: &Attempt, peer: PeerId, protocol: Protocol) -> Self {
+        ConnectionInfo {
+            peer,
+            peer_name: attempt.remote.as_ref().and_then(|r| r.name.clone()),
+            protocol,
+            path: attempt.path.map_or(PathKind::Direct, |p| p.kind),
+            candidate: attempt.path.map_or(CandidateKind::Host, |p| p.remote.kind),
+            strategy: attempt.strategy,
+            probes: attempt.probes_sent,
+            connect_time: attempt.elapsed(),
+        }
+    }
+}
+
 struct Inner {
     disconnected: std::sync::atomic::AtomicBool,
     transport: Box<dyn TransportConnection>,
-    peer: PeerId,
-    peer_name: Option<String>,
-    protocol: Protocol,
-    path: PathKind,
-    connect_time: Duration,
+    info: ConnectionInfo,
     events: EventBus,
     rate: Mutex<RateSample>,
 }
@@ -108,9 +141,9 @@ pub struct Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("peer", &self.inner.peer)
-            .field("protocol", &self.inner.protocol)
-            .field("path", &self.inner.path)
+            .field("peer", &self.inner.info.peer)
+            .field("protocol", &self.inner.info.protocol)
+            .field("path", &self.inner.info.path)
             .field("remote", &self.remote_addr())
             .finish()
     }
@@ -124,7 +157,7 @@ impl Inner {
             .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             self.events.emit(Event::Disconnected {
-                peer: self.peer,
+                peer: self.info.peer,
                 reason: reason.to_string(),
             });
         }
@@ -147,15 +180,10 @@ impl Drop for Inner {
 }
 
 impl Connection {
-    /// Wraps a transport connection whose remote key was checked to be `peer` (registered at the
-    /// signal server as `peer_name`, when it has a name).
+    /// Wraps a transport connection whose remote key was checked to be `info.peer`.
     pub fn new(
         transport: Box<dyn TransportConnection>,
-        peer: PeerId,
-        peer_name: Option<String>,
-        protocol: Protocol,
-        path: PathKind,
-        connect_time: Duration,
+        info: ConnectionInfo,
         events: EventBus,
     ) -> Self {
         let counters = transport.counters();
@@ -163,11 +191,7 @@ impl Connection {
             inner: Arc::new(Inner {
                 disconnected: std::sync::atomic::AtomicBool::new(false),
                 transport,
-                peer,
-                peer_name,
-                protocol,
-                path,
-                connect_time,
+                info,
                 events,
                 rate: Mutex::new(RateSample {
                     at: Instant::now(),
@@ -180,29 +204,34 @@ impl Connection {
         }
     }
 
+    /// Everything known about how the connection was made.
+    pub fn info(&self) -> &ConnectionInfo {
+        &self.inner.info
+    }
+
     /// The peer's id, checked during the transport handshake.
     pub fn peer_id(&self) -> PeerId {
-        self.inner.peer
+        self.inner.info.peer
     }
 
     /// The name the peer registered at the signal server, when it has one.
     pub fn peer_name(&self) -> Option<&str> {
-        self.inner.peer_name.as_deref()
+        self.inner.info.peer_name.as_deref()
     }
 
     /// The transport protocol (the original's `fc_get_connect_protocol`).
     pub fn protocol(&self) -> Protocol {
-        self.inner.protocol
+        self.inner.info.protocol
     }
 
     /// Direct or relayed.
     pub fn path_kind(&self) -> PathKind {
-        self.inner.path
+        self.inner.info.path
     }
 
     /// Time from the connect request to the established connection.
     pub fn connect_time(&self) -> Duration {
-        self.inner.connect_time
+        self.inner.info.connect_time
     }
 
     /// The peer's address.
@@ -219,7 +248,7 @@ impl Connection {
     pub async fn open_bi(&self) -> Result<(SendHalf, RecvHalf), ConnectionError> {
         let stream = self.inner.observe(self.inner.transport.open_bi().await)?;
         self.inner.events.emit(Event::StreamOpened {
-            peer: self.inner.peer,
+            peer: self.inner.info.peer,
         });
         Ok(stream)
     }

@@ -21,18 +21,19 @@ pub mod identity;
 pub mod nat;
 pub mod probe;
 pub mod signal;
+pub mod stun;
 
 pub use attempt::{
     Attempt, Candidate, CandidateKind, NatProfile, PathKind, PeerRef, Protocol, RelayPath,
     RemoteInfo, Role, SelectedPath, SessionKeys, Strategy,
 };
 pub use connection::{
-    BiStream, Connection, ConnectionError, ConnectionStats, RecvHalf, SendHalf,
+    BiStream, Connection, ConnectionError, ConnectionInfo, ConnectionStats, RecvHalf, SendHalf,
     TransportConnection, TransportCounters,
 };
 pub use error::{BoxError, ConnectError};
 pub use event::{Event, EventBus};
 pub use identity::{Identity, IdentityError, PeerId};
 pub use nat::{Filtering, Mapping, NatType, PortAllocation};
-pub use probe::{CheckReply, Prober};
+pub use probe::{CheckEvent, CheckReply, Prober};
 pub use signal::{AnswerFrom, SessionDescription, Signaller};

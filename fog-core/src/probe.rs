@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::attempt::SessionKeys;
@@ -16,15 +17,33 @@ pub struct CheckReply {
     pub rtt: Duration,
 }
 
+/// What a watched session sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckEvent {
+    /// One of our checks was answered.
+    Answered(CheckReply),
+    /// A valid check of the peer arrived (and was answered) from `from`: the peer's address as
+    /// our NAT sees it, worth a check of our own (a peer-reflexive candidate).
+    Received {
+        /// Where it came from.
+        from: SocketAddr,
+    },
+}
+
 /// Sends authenticated connectivity checks and answers the peer's.
 pub trait Prober: Send + Sync + 'static {
     /// The local socket address checks leave from (and the connection will use).
     fn local_addr(&self) -> SocketAddr;
 
-    /// Starts answering checks of `session` for a while and returns the replies to our own checks
-    /// in this session. Dropping the receiver stops the delivery, not the answering.
-    fn watch(&self, session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckReply>;
+    /// Starts answering checks of `session` for a while and returns what happens in it: replies
+    /// to our checks, and the peer's checks. Dropping the receiver stops the delivery, not the
+    /// answering.
+    fn watch(&self, session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckEvent>;
 
     /// Sends one check of `session` to `remote`.
     fn send_check(&self, session: &SessionKeys, remote: SocketAddr) -> std::io::Result<()>;
+
+    /// This socket's address as the STUN server `stun` sees it (its server-reflexive address);
+    /// `None` when no answer came within a second.
+    fn server_reflexive(&self, stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>>;
 }

@@ -1,9 +1,10 @@
 //! `GatherLayer`: adds the node's host candidates to the attempt.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use fog_core::{Attempt, BoxError, Candidate, Connection, Event};
+use fog_core::{Attempt, BoxError, Candidate, Connection, Event, Prober};
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
 
@@ -40,16 +41,30 @@ pub fn interface_addresses(bound: SocketAddr) -> Vec<IpAddr> {
         .collect()
 }
 
-/// Adds host candidates of every usable interface, for the socket bound at `local`.
-#[derive(Clone, Copy, Debug)]
+/// Adds host candidates of every usable interface, for the socket bound at `local`, and with
+/// [`with_stun`](Self::with_stun) the socket's server-reflexive address.
+#[derive(Clone)]
 pub struct GatherLayer {
     local: SocketAddr,
+    reflexive: Option<(Arc<dyn Prober>, Vec<SocketAddr>)>,
 }
 
 impl GatherLayer {
     /// Gathers for the socket bound at `local` (the address the connection will use).
     pub fn new(local: SocketAddr) -> Self {
-        GatherLayer { local }
+        GatherLayer {
+            local,
+            reflexive: None,
+        }
+    }
+
+    /// Also asks the first answering of `servers`, through `prober` (the socket the connection
+    /// will use), for the socket's public address: the server-reflexive candidate.
+    pub fn with_stun(mut self, prober: Arc<dyn Prober>, servers: Vec<SocketAddr>) -> Self {
+        if !servers.is_empty() {
+            self.reflexive = Some((prober, servers));
+        }
+        self
     }
 }
 
@@ -60,15 +75,17 @@ impl<S> Layer<S> for GatherLayer {
         Gather {
             inner,
             local: self.local,
+            reflexive: self.reflexive.clone(),
         }
     }
 }
 
 /// The service of [`GatherLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Gather<S> {
     inner: S,
     local: SocketAddr,
+    reflexive: Option<(Arc<dyn Prober>, Vec<SocketAddr>)>,
 }
 
 impl<S> Service<Attempt> for Gather<S>
@@ -88,10 +105,21 @@ where
     fn call(&mut self, mut attempt: Attempt) -> Self::Future {
         let inner = take_inner(&mut self.inner);
         let local = self.local;
+        let reflexive = self.reflexive.clone();
         ResponseFuture::new(async move {
             let span = tracing::debug_span!("gather", local = %local);
-            let found =
+            let mut found =
                 span.in_scope(|| host_candidates(&interface_addresses(local), local.port()));
+            if let Some((prober, servers)) = reflexive {
+                for server in servers.iter().filter(|s| s.is_ipv4() == local.is_ipv4()) {
+                    if let Some(public) = prober.server_reflexive(*server).await {
+                        if !found.iter().any(|c| c.addr == public) {
+                            found.push(Candidate::srflx(public));
+                        }
+                        break;
+                    }
+                }
+            }
             for candidate in found {
                 if !attempt
                     .local_candidates

@@ -10,7 +10,9 @@
 //! | --- | --- |
 //! | [`NatProbeLayer`] | the local NAT profile (probed with STUN, cached, refreshed) |
 //! | [`GatherLayer`] | host candidates of every usable interface |
+//! | [`PortPredictLayer`] | predicted candidates, behind a sequential symmetric NAT |
 //! | [`SignalLayer`] | the peer's candidates and protocols (offer/answer) |
+//! | [`StrategyLayer`] | the plan for the pair of NATs, or "no direct path" at once |
 //! | [`PunchLayer`] | the path: the first candidate pair that answers a check |
 //! | [`ProtocolSelectLayer`] | the transport protocol both sides accept |
 //!
@@ -36,13 +38,17 @@
 pub mod future;
 pub mod gather;
 pub mod nat_probe;
+pub mod predict;
 pub mod protocol;
 pub mod punch;
 pub mod signal;
+pub mod strategy;
 
 pub use future::ResponseFuture;
 pub use gather::{Gather, GatherLayer};
 pub use nat_probe::{NatCache, NatProbe, NatProbeLayer};
+pub use predict::{PortPredict, PortPredictLayer};
 pub use protocol::{ProtocolSelect, ProtocolSelectLayer};
 pub use punch::{Punch, PunchConfig, PunchLayer, PunchSchedule};
 pub use signal::{Signal, SignalLayer};
+pub use strategy::{StrategyLayer, StrategyService};

@@ -11,7 +11,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fog_core::{
-    Attempt, BoxError, Candidate, ConnectError, Connection, Event, PathKind, Prober, SelectedPath,
+    Attempt, BoxError, Candidate, CandidateKind, CheckEvent, ConnectError, Connection, Event,
+    PathKind, Prober, SelectedPath,
 };
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
@@ -42,6 +43,42 @@ impl Default for PunchConfig {
 /// Most remote candidates checked per attempt: a peer cannot make us spray checks at an
 /// arbitrary list of addresses.
 pub const MAX_REMOTE_CANDIDATES: usize = 16;
+
+/// The remote candidates worth checking, given both sides' candidates.
+///
+/// - Behind two different NATs (their server-reflexive addresses differ), the peer's private and
+///   loopback host addresses cannot be reached, and each check to one would cost a port on a
+///   sequential NAT: they are left out.
+/// - When both sides offer predicted ports (two sequential NATs), only those are checked: the
+///   k-th check of each side then leaves from the port the other predicted as its k-th.
+pub fn select_targets(local: &[Candidate], remote: &[Candidate]) -> Vec<Candidate> {
+    let public = |cands: &[Candidate]| {
+        cands
+            .iter()
+            .find(|c| c.kind == CandidateKind::Srflx)
+            .map(|c| c.addr.ip())
+    };
+    let different_nats = matches!((public(local), public(remote)), (Some(a), Some(b)) if a != b);
+    let predicted = |cands: &[Candidate]| cands.iter().any(|c| c.kind == CandidateKind::Predicted);
+    let both_predict = predicted(local) && predicted(remote);
+    remote
+        .iter()
+        .copied()
+        .filter(|c| {
+            if both_predict {
+                return c.kind == CandidateKind::Predicted;
+            }
+            !(different_nats && c.kind == CandidateKind::Host && is_local_only(c.addr.ip()))
+        })
+        .collect()
+}
+
+fn is_local_only(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
+    }
+}
 
 /// What the punch loop should do next.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +131,16 @@ impl PunchSchedule {
         &self.targets
     }
 
+    /// Adds a target learned on the way (the source of the peer's check); true when it is new
+    /// and should be checked now. Still bounded by [`MAX_REMOTE_CANDIDATES`] + 1.
+    pub fn add_target(&mut self, addr: SocketAddr) -> bool {
+        if self.targets.contains(&addr) || self.targets.len() > MAX_REMOTE_CANDIDATES {
+            return false;
+        }
+        self.targets.push(addr);
+        true
+    }
+
     /// The next action at time `now`.
     pub fn poll(&mut self, now: Instant) -> PunchAction {
         if now >= self.deadline || self.targets.is_empty() {
@@ -102,8 +149,16 @@ impl PunchSchedule {
         if now < self.next_round {
             return PunchAction::WaitUntil(self.next_round.min(self.deadline));
         }
+        let first = self.interval == self.config.first_interval;
         self.next_round = now + self.interval;
         self.interval = (self.interval * 2).min(self.config.max_interval);
+        if first {
+            // Each check of the first round goes out twice, back to back: on a sequential NAT a
+            // lost first check would let the next target take its port, and the predicted ports
+            // would no longer meet.
+            let doubled = self.targets.iter().flat_map(|t| [*t, *t]).collect();
+            return PunchAction::Send(doubled);
+        }
         PunchAction::Send(self.targets.clone())
     }
 }
@@ -178,11 +233,12 @@ async fn punch(
         needs: "the peer's candidates (SignalLayer)",
     })?;
     let candidates = remote.candidates.clone();
+    let targets = select_targets(&attempt.local_candidates, &candidates);
     let local = prober.local_addr();
-    let mut replies = prober.watch(&attempt.session);
+    let mut events = prober.watch(&attempt.session);
     // tokio's clock, so that tests with a paused clock run the schedule without waiting.
     let now = || tokio::time::Instant::now().into_std();
-    let mut schedule = PunchSchedule::new(&candidates, local, now(), config);
+    let mut schedule = PunchSchedule::new(&targets, local, now(), config);
     loop {
         match schedule.poll(now()) {
             PunchAction::Send(targets) => {
@@ -198,22 +254,36 @@ async fn punch(
             }
             PunchAction::WaitUntil(at) => {
                 tokio::select! {
-                    reply = replies.recv() => {
-                        let Some(reply) = reply else { return Err(ConnectError::Shutdown) };
-                        attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
-                        let candidate = candidates
-                            .iter()
-                            .copied()
-                            .filter(|c| c.addr == reply.remote)
-                            .max_by_key(|c| c.priority)
-                            .unwrap_or_else(|| Candidate::host(reply.remote));
-                        return Ok(SelectedPath {
-                            remote: candidate,
-                            local: local_address_towards(local, reply.remote),
-                            kind: PathKind::Direct,
-                            rtt: reply.rtt,
-                        });
-                    }
+                    event = events.recv() => match event {
+                        None => return Err(ConnectError::Shutdown),
+                        Some(CheckEvent::Answered(reply)) => {
+                            attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
+                            let candidate = candidates
+                                .iter()
+                                .copied()
+                                .filter(|c| c.addr == reply.remote)
+                                .max_by_key(|c| c.priority)
+                                .unwrap_or(Candidate {
+                                    addr: reply.remote,
+                                    kind: CandidateKind::Prflx,
+                                    priority: 0,
+                                });
+                            return Ok(SelectedPath {
+                                remote: candidate,
+                                local: local_address_towards(local, reply.remote),
+                                kind: PathKind::Direct,
+                                rtt: reply.rtt,
+                            });
+                        }
+                        // The peer reached us from an address we did not know (its NAT's mapping
+                        // towards us): check it at once, a "triggered check".
+                        Some(CheckEvent::Received { from }) => {
+                            if schedule.add_target(from) && prober.send_check(&attempt.session, from).is_ok() {
+                                attempt.probes_sent += 1;
+                                attempt.emit(Event::CheckSent { remote: from });
+                            }
+                        }
+                    },
                     _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
                 }
             }
@@ -286,11 +356,12 @@ mod tests {
             t0,
             config,
         );
-        let both = vec![
+        let both: Vec<SocketAddr> = vec![
             "10.0.0.2:1".parse().unwrap(),
             "127.0.0.1:1".parse().unwrap(),
         ];
-        assert_eq!(s.poll(t0), PunchAction::Send(both.clone()));
+        let doubled = vec![both[0], both[0], both[1], both[1]];
+        assert_eq!(s.poll(t0), PunchAction::Send(doubled));
         assert_eq!(
             s.poll(t0),
             PunchAction::WaitUntil(t0 + Duration::from_millis(20))
@@ -319,6 +390,61 @@ mod tests {
         let mut s = PunchSchedule::new(&[cand("10.0.0.2:1")], local(), t0, PunchConfig::default());
         assert!(matches!(s.poll(t0), PunchAction::Send(_)));
         assert_eq!(s.poll(t0 + Duration::from_secs(5)), PunchAction::GiveUp);
+    }
+
+    fn kind(addr: &str, kind: CandidateKind) -> Candidate {
+        Candidate {
+            addr: addr.parse().unwrap(),
+            kind,
+            priority: 1,
+        }
+    }
+
+    #[test]
+    fn behind_different_nats_private_hosts_are_not_checked() {
+        let local = [
+            kind("10.1.0.2:5000", CandidateKind::Host),
+            kind("203.0.113.1:6000", CandidateKind::Srflx),
+        ];
+        let remote = [
+            kind("10.2.0.2:5000", CandidateKind::Host),
+            kind("127.0.0.1:5000", CandidateKind::Host),
+            kind("198.51.100.4:5000", CandidateKind::Host),
+            kind("203.0.113.2:7000", CandidateKind::Srflx),
+        ];
+        let picked: Vec<String> = select_targets(&local, &remote)
+            .iter()
+            .map(|c| c.addr.to_string())
+            .collect();
+        assert_eq!(picked, ["198.51.100.4:5000", "203.0.113.2:7000"]);
+    }
+
+    #[test]
+    fn behind_the_same_nat_the_lan_is_checked() {
+        let local = [kind("203.0.113.1:6000", CandidateKind::Srflx)];
+        let remote = [
+            kind("10.1.0.3:5000", CandidateKind::Host),
+            kind("203.0.113.1:7000", CandidateKind::Srflx),
+        ];
+        assert_eq!(select_targets(&local, &remote).len(), 2);
+        // Without server-reflexive addresses nothing is known: everything is checked.
+        assert_eq!(select_targets(&[], &remote).len(), 2);
+    }
+
+    #[test]
+    fn two_predicting_sides_check_only_predictions() {
+        let local = [
+            kind("203.0.113.1:6000", CandidateKind::Srflx),
+            kind("203.0.113.1:6001", CandidateKind::Predicted),
+        ];
+        let remote = [
+            kind("203.0.113.2:7000", CandidateKind::Srflx),
+            kind("203.0.113.2:7001", CandidateKind::Predicted),
+            kind("203.0.113.2:7002", CandidateKind::Predicted),
+        ];
+        let picked = select_targets(&local, &remote);
+        assert_eq!(picked.len(), 2);
+        assert!(picked.iter().all(|c| c.kind == CandidateKind::Predicted));
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fog_core::{
-    AnswerFrom, Attempt, BoxError, Candidate, CandidateKind, CheckReply, ConnectError, Connection,
-    EventBus, Identity, PeerId, PeerRef, Prober, Protocol, RemoteInfo, SessionDescription,
-    SessionKeys, Signaller,
+    AnswerFrom, Attempt, BoxError, Candidate, CandidateKind, CheckEvent, CheckReply, ConnectError,
+    Connection, EventBus, Identity, PeerId, PeerRef, Prober, Protocol, RemoteInfo,
+    SessionDescription, SessionKeys, Signaller,
 };
 use fog_layers::{GatherLayer, ProtocolSelectLayer, PunchConfig, PunchLayer, SignalLayer};
 use futures_util::future::BoxFuture;
@@ -244,7 +244,7 @@ async fn tower_timeout_bounds_a_stack_whose_peer_never_answers() {
 struct FakeProber {
     alive: Vec<SocketAddr>,
     rtt: Duration,
-    watchers: Mutex<Vec<mpsc::UnboundedSender<CheckReply>>>,
+    watchers: Mutex<Vec<mpsc::UnboundedSender<CheckEvent>>>,
     sent: Mutex<Vec<SocketAddr>>,
 }
 
@@ -264,7 +264,7 @@ impl Prober for FakeProber {
         "10.0.0.1:5000".parse().unwrap()
     }
 
-    fn watch(&self, _session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckReply> {
+    fn watch(&self, _session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         self.watchers.lock().unwrap().push(tx);
         rx
@@ -278,11 +278,15 @@ impl Prober for FakeProber {
             tokio::spawn(async move {
                 tokio::time::sleep(rtt).await;
                 for w in watchers {
-                    let _ = w.send(CheckReply { remote, rtt });
+                    let _ = w.send(CheckEvent::Answered(CheckReply { remote, rtt }));
                 }
             });
         }
         Ok(())
+    }
+
+    fn server_reflexive(&self, _stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>> {
+        Box::pin(async { Some("198.51.100.7:5000".parse().unwrap()) })
     }
 }
 

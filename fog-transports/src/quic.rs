@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fog_core::{
-    Attempt, BoxError, ConnectError, Connection, ConnectionError, Event, Identity, PeerId,
-    Protocol, RecvHalf, Role, SendHalf, TransportConnection, TransportCounters,
+    Attempt, BoxError, ConnectError, Connection, ConnectionError, ConnectionInfo, Event, Identity,
+    PeerId, Protocol, RecvHalf, Role, SendHalf, TransportConnection, TransportCounters,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -272,11 +272,7 @@ impl Service<Attempt> for QuicTransport {
                     conn,
                     local: path.local,
                 }),
-                peer,
-                attempt.remote.as_ref().and_then(|r| r.name.clone()),
-                Protocol::Quic,
-                path.kind,
-                attempt.elapsed(),
+                ConnectionInfo::from_attempt(&attempt, peer, Protocol::Quic),
                 attempt.events.clone(),
             );
             attempt.emit(Event::Connected {

@@ -13,24 +13,30 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
-use fog_core::{CheckReply, Prober, SessionKeys};
+use fog_core::stun::Binding;
+use fog_core::{CheckEvent, CheckReply, Prober, SessionKeys};
+use futures_util::future::BoxFuture;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use rand::RngCore;
 use tokio::io::ReadBuf;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 
 use crate::check::{self, CheckKind};
 
 /// How long a session keeps answering checks after it was last watched.
 const ANSWER_TTL: Duration = Duration::from_secs(60);
+/// First retransmission of a STUN request, and when to give up.
+const STUN_FIRST_RTO: Duration = Duration::from_millis(50);
+const STUN_DEADLINE: Duration = Duration::from_secs(1);
 /// Unanswered checks are forgotten after this long.
 const PENDING_TTL: Duration = Duration::from_secs(30);
 
 struct Session {
     secret: [u8; 32],
     answer_until: Instant,
-    replies: Option<mpsc::UnboundedSender<CheckReply>>,
+    events: Option<mpsc::UnboundedSender<CheckEvent>>,
 }
 
 struct Pending {
@@ -43,12 +49,14 @@ struct Pending {
 struct Checks {
     sessions: HashMap<[u8; 16], Session>,
     pending: HashMap<[u8; 12], Pending>,
+    /// STUN transactions of this socket, by transaction id.
+    stun: HashMap<[u8; 12], oneshot::Sender<SocketAddr>>,
 }
 
 impl Checks {
     fn expire(&mut self, now: Instant) {
         self.sessions.retain(|_, s| {
-            s.answer_until > now || s.replies.as_ref().is_some_and(|r| !r.is_closed())
+            s.answer_until > now || s.events.as_ref().is_some_and(|r| !r.is_closed())
         });
         self.pending
             .retain(|_, p| now.duration_since(p.sent) < PENDING_TTL);
@@ -120,6 +128,9 @@ impl FogSocket {
                 );
                 // Best effort: a full send buffer drops the reply, and the peer retries.
                 let _ = self.send_now(&reply, from);
+                if let Some(events) = &session.events {
+                    let _ = events.send(CheckEvent::Received { from });
+                }
             }
             CheckKind::Reply => {
                 let Some(pending) = checks.pending.get(&packet.txid) else {
@@ -135,8 +146,8 @@ impl FogSocket {
                     return;
                 }
                 let rtt = pending.sent.elapsed();
-                if let Some(replies) = &session.replies {
-                    let _ = replies.send(CheckReply { remote: from, rtt });
+                if let Some(events) = &session.events {
+                    let _ = events.send(CheckEvent::Answered(CheckReply { remote: from, rtt }));
                 }
                 checks.pending.remove(&packet.txid);
             }
@@ -149,7 +160,7 @@ impl Prober for FogSocket {
         self.local
     }
 
-    fn watch(&self, session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckReply> {
+    fn watch(&self, session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut checks = self.checks();
         let now = Instant::now();
@@ -159,10 +170,37 @@ impl Prober for FogSocket {
             Session {
                 secret: session.secret,
                 answer_until: now + ANSWER_TTL,
-                replies: Some(tx),
+                events: Some(tx),
             },
         );
         rx
+    }
+
+    fn server_reflexive(&self, stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>> {
+        Box::pin(async move {
+            let mut id = [0u8; 12];
+            rand::thread_rng().fill_bytes(&mut id);
+            let (tx, mut rx) = oneshot::channel();
+            self.checks().stun.insert(id, tx);
+            let request = fog_core::stun::binding_request(&id, None);
+            let deadline = tokio::time::Instant::now() + STUN_DEADLINE;
+            let mut rto = STUN_FIRST_RTO;
+            let mapped = loop {
+                let _ = self.send_now(&request, stun);
+                let wait = (tokio::time::Instant::now() + rto).min(deadline);
+                rto *= 2;
+                tokio::select! {
+                    mapped = &mut rx => break mapped.ok(),
+                    _ = tokio::time::sleep_until(wait) => {
+                        if tokio::time::Instant::now() >= deadline {
+                            break None;
+                        }
+                    }
+                }
+            };
+            self.checks().stun.remove(&id);
+            mapped
+        })
     }
 
     fn send_check(&self, session: &SessionKeys, remote: SocketAddr) -> io::Result<()> {
@@ -231,6 +269,16 @@ impl AsyncUdpSocket for FogSocket {
             let len = read.filled().len();
             if check::looks_like_check(read.filled()) {
                 self.handle_check(read.filled(), from);
+                continue;
+            }
+            if fog_core::stun::looks_like_stun(read.filled()) {
+                if let Some(Binding::Answer { id, mapped, .. }) =
+                    fog_core::stun::parse_binding(read.filled())
+                {
+                    if let Some(tx) = self.checks().stun.remove(&id) {
+                        let _ = tx.send(mapped);
+                    }
+                }
                 continue;
             }
             meta[0] = RecvMeta {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fog_core::{Identity, Prober, SessionKeys};
+use fog_core::{CheckEvent, Identity, Prober, SessionKeys};
 use fog_transports::{FogSocket, QuicTransport};
 
 async fn socket() -> (std::sync::Arc<FogSocket>, QuicTransport) {
@@ -19,7 +19,7 @@ async fn a_check_with_the_session_secret_is_answered_and_a_forged_one_is_not() {
     let (a, _ta) = socket().await;
     let (b, _tb) = socket().await;
     let session = SessionKeys::generate();
-    let _b_answers = b.watch(&session);
+    let mut b_events = b.watch(&session);
     let mut replies = a.watch(&session);
 
     // A forger knows the session id (it is not secret on the wire) but not the secret.
@@ -30,14 +30,28 @@ async fn a_check_with_the_session_secret_is_answered_and_a_forged_one_is_not() {
     a.send_check(&forged, b.local_addr()).unwrap();
     a.send_check(&session, b.local_addr()).unwrap();
 
-    let reply = tokio::time::timeout(Duration::from_secs(5), replies.recv())
+    let event = tokio::time::timeout(Duration::from_secs(5), replies.recv())
         .await
         .expect("the genuine check is answered within 5 s")
         .unwrap();
+    let CheckEvent::Answered(reply) = event else {
+        panic!("expected an answer, got {event:?}");
+    };
     assert_eq!(reply.remote, b.local_addr());
     assert!(reply.rtt < Duration::from_secs(5));
     // Loopback keeps order: the forged check arrived first and got nothing.
     assert!(replies.try_recv().is_err(), "the forged check was answered");
+    // B saw exactly one valid check, from A's address (a peer-reflexive candidate for it).
+    assert_eq!(
+        b_events.try_recv().unwrap(),
+        CheckEvent::Received {
+            from: a.local_addr()
+        }
+    );
+    assert!(
+        b_events.try_recv().is_err(),
+        "the forged check reached the watcher"
+    );
 }
 
 #[tokio::test]
@@ -56,4 +70,44 @@ async fn checks_of_an_unknown_session_are_ignored() {
         .expect("the known session is answered")
         .unwrap();
     assert!(unknown_replies.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn the_socket_learns_its_server_reflexive_address_over_stun() {
+    let (a, _ta) = socket().await;
+    // A minimal STUN server: answers with the source address it saw.
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server_addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        let stun = fog_server_answer;
+        while let Ok((len, from)) = server.recv_from(&mut buf).await {
+            if let Some(reply) = stun(&buf[..len], from) {
+                let _ = server.send_to(&reply, from).await;
+            }
+        }
+    });
+    let mapped = tokio::time::timeout(Duration::from_secs(5), a.server_reflexive(server_addr))
+        .await
+        .expect("answered within 5 s");
+    assert_eq!(mapped, Some(a.local_addr()));
+}
+
+/// A Binding success answer for `request` from `from`, built by hand: header, then
+/// XOR-MAPPED-ADDRESS.
+fn fog_server_answer(request: &[u8], from: std::net::SocketAddr) -> Option<Vec<u8>> {
+    if request.len() < 20 || request[0..2] != [0x00, 0x01] {
+        return None;
+    }
+    let std::net::SocketAddr::V4(v4) = from else {
+        return None;
+    };
+    let mut reply = vec![0x01, 0x01, 0x00, 0x0c];
+    reply.extend_from_slice(&request[4..20]);
+    let port = v4.port() ^ 0x2112;
+    let ip = u32::from(*v4.ip()) ^ 0x2112_a442;
+    reply.extend_from_slice(&[0x00, 0x20, 0x00, 0x08, 0x00, 0x01]);
+    reply.extend_from_slice(&port.to_be_bytes());
+    reply.extend_from_slice(&ip.to_be_bytes());
+    Some(reply)
 }

@@ -240,6 +240,17 @@ async fn run(command: Command) -> Result<(), BoxError> {
             if let Some(name) = node.name() {
                 println!("name: {name}");
             }
+            let prober = node.clone();
+            tokio::spawn(async move {
+                let verdict = match prober.nat_profile().await {
+                    Some(report) => report
+                        .profile
+                        .nat_type
+                        .map_or("unknown".to_string(), |t| t.to_string()),
+                    None => "unknown (no STUN server)".to_string(),
+                };
+                println!("nat: {verdict}");
+            });
             let mut incoming = node.incoming();
             loop {
                 tokio::select! {
@@ -286,6 +297,9 @@ async fn run(command: Command) -> Result<(), BoxError> {
                     "connect_ms": (connect_ms * 10.0).round() / 10.0,
                     "rtt_ms": (rtt_ms * 100.0).round() / 100.0,
                     "reply": reply,
+                    "strategy": conn.info().strategy.map(|s| s.as_str()),
+                    "candidate": conn.info().candidate.to_string(),
+                    "probes": conn.info().probes,
                 });
                 conn.close("done");
                 node.shutdown().await;

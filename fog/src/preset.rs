@@ -1,10 +1,12 @@
 //! The default stack, and the parts a custom stack is built from.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use fog_core::{Attempt, BoxError, Connection, Prober, Protocol, Signaller};
 use fog_layers::{
-    GatherLayer, NatCache, NatProbeLayer, ProtocolSelectLayer, PunchConfig, PunchLayer, SignalLayer,
+    GatherLayer, NatCache, NatProbeLayer, PortPredictLayer, ProtocolSelectLayer, PunchConfig,
+    PunchLayer, SignalLayer, StrategyLayer,
 };
 use fog_transports::{FogSocket, QuicTransport};
 use tower::util::BoxCloneSyncService;
@@ -29,19 +31,29 @@ pub struct StackParts {
 }
 
 impl StackParts {
+    /// The STUN servers the node uses (announced by the signal server, or configured).
+    pub fn stun(&self) -> Vec<SocketAddr> {
+        self.nat
+            .as_ref()
+            .map(|n| n.servers().to_vec())
+            .unwrap_or_default()
+    }
+
     /// The socket as a prober, for [`PunchLayer`].
     pub fn prober(&self) -> Arc<dyn Prober> {
         self.socket.clone()
     }
 }
 
-/// The default preset: NAT probe (when STUN servers are known) → gather → signal → punch →
-/// protocol select → QUIC.
+/// The default preset: NAT probe (when STUN servers are known) → gather (host and
+/// server-reflexive) → port prediction → signal → strategy → punch → protocol select → QUIC.
 pub fn default_stack(parts: &StackParts) -> Stack {
     let stack = ServiceBuilder::new()
         .option_layer(parts.nat.clone().map(NatProbeLayer::new))
-        .layer(GatherLayer::new(parts.socket.local_addr()))
+        .layer(GatherLayer::new(parts.socket.local_addr()).with_stun(parts.prober(), parts.stun()))
+        .layer(PortPredictLayer::new(parts.stun()))
         .layer(SignalLayer::new(parts.signaller.clone()))
+        .layer(StrategyLayer::new())
         .layer(PunchLayer::new(parts.prober()).with_config(parts.punch))
         .layer(ProtocolSelectLayer::new([Protocol::Quic]))
         .service(parts.transport.clone());

@@ -42,6 +42,11 @@ impl NatCache {
         }
     }
 
+    /// The STUN servers it probes with.
+    pub fn servers(&self) -> &[std::net::SocketAddr] {
+        &self.inner.config.servers
+    }
+
     /// The last verdict, however old.
     pub fn current(&self) -> Option<NatReport> {
         self.inner
@@ -108,7 +113,9 @@ impl NatCache {
             };
             let mut known = addresses();
             let mut last_probe = Instant::now();
-            if let Err(e) = cache.refresh().await {
+            // A connect may have probed already: probing again now would open flows in the
+            // middle of its punching and spoil a sequential NAT's port prediction.
+            if let Err(e) = cache.get().await {
                 tracing::warn!(error = %e, "NAT probe failed");
             }
             loop {

@@ -4,15 +4,10 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use fog_core::stun::Binding;
 use rand::RngCore;
-use stun_rs::attributes::discovery::{ChangeRequest, ChangeRequestFlags, OtherAddress};
-use stun_rs::attributes::stun::{MappedAddress, XorMappedAddress};
-use stun_rs::methods::BINDING;
-use stun_rs::{
-    MessageClass, MessageDecoderBuilder, MessageEncoderBuilder, StunMessageBuilder, TransactionId,
-};
 use tokio::net::UdpSocket;
 use tokio::sync::oneshot;
 
@@ -36,7 +31,7 @@ enum Arrival {
     OwnRequest,
 }
 
-type Waiters = Arc<Mutex<HashMap<[u8; 12], (Instant, oneshot::Sender<Arrival>)>>>;
+type Waiters = Arc<Mutex<HashMap<[u8; 12], oneshot::Sender<Arrival>>>>;
 
 /// A UDP socket that runs STUN transactions.
 pub struct StunSocket {
@@ -66,28 +61,6 @@ fn txid() -> [u8; 12] {
     id
 }
 
-fn encode_request(id: &[u8; 12], change: Option<(bool, bool)>) -> Vec<u8> {
-    let mut builder = StunMessageBuilder::new(BINDING, MessageClass::Request)
-        .with_transaction_id(TransactionId::from(id));
-    if let Some((ip, port)) = change {
-        let mut flags = enumflags2::BitFlags::empty();
-        if ip {
-            flags |= ChangeRequestFlags::ChangeIp;
-        }
-        if port {
-            flags |= ChangeRequestFlags::ChangePort;
-        }
-        builder = builder.with_attribute(ChangeRequest::new(Some(flags)));
-    }
-    let mut buf = vec![0u8; 64];
-    let len = MessageEncoderBuilder::default()
-        .build()
-        .encode(&mut buf, &builder.build())
-        .expect("a binding request fits in 64 bytes");
-    buf.truncate(len);
-    buf
-}
-
 impl StunSocket {
     /// Binds a fresh socket on `addr`.
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
@@ -111,7 +84,7 @@ impl StunSocket {
         self.waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, (Instant::now(), tx));
+            .insert(id, tx);
         rx
     }
 
@@ -131,7 +104,7 @@ impl StunSocket {
         retransmit: Retransmit,
     ) -> Option<BindingAnswer> {
         let id = txid();
-        let request = encode_request(&id, change);
+        let request = fog_core::stun::binding_request(&id, change);
         let mut rx = self.register(id);
         let started = tokio::time::Instant::now();
         let deadline = started + retransmit.deadline;
@@ -170,7 +143,7 @@ impl StunSocket {
     /// socket (the NAT hairpins) within `retransmit.deadline`.
     pub async fn hairpins(&self, public: SocketAddr, retransmit: Retransmit) -> bool {
         let id = txid();
-        let request = encode_request(&id, None);
+        let request = fog_core::stun::binding_request(&id, None);
         let mut rx = self.register(id);
         let deadline = tokio::time::Instant::now() + retransmit.deadline;
         let mut rto = retransmit.rto;
@@ -194,53 +167,26 @@ impl StunSocket {
 
 async fn receive(socket: Arc<UdpSocket>, waiters: Waiters) {
     let mut buf = [0u8; 1500];
-    let decoder = MessageDecoderBuilder::default().build();
     loop {
         let (len, from) = match socket.recv_from(&mut buf).await {
             Ok(received) => received,
             // ICMP unreachable for an earlier request: the transaction's own timeout handles it.
             Err(_) => continue,
         };
-        let Ok((message, _)) = decoder.decode(&buf[..len]) else {
-            continue;
-        };
-        if message.method() != BINDING {
-            continue;
-        }
-        let id = *message.transaction_id().as_bytes();
-        let arrival = match message.class() {
-            MessageClass::SuccessResponse => {
-                let mapped = message
-                    .get::<XorMappedAddress>()
-                    .and_then(|a| a.as_xor_mapped_address().ok())
-                    .map(|a| *a.socket_address())
-                    .or_else(|| {
-                        message
-                            .get::<MappedAddress>()
-                            .and_then(|a| a.as_mapped_address().ok())
-                            .map(|a| *a.socket_address())
-                    });
-                let Some(mapped) = mapped else { continue };
-                let other = message
-                    .get::<OtherAddress>()
-                    .and_then(|a| a.as_other_address().ok())
-                    .map(|a| *a.socket_address());
-                let mut waiters = waiters.lock().unwrap_or_else(|e| e.into_inner());
-                let Some((sent, tx)) = waiters.remove(&id) else {
-                    continue;
-                };
-                let _ = tx.send(Arrival::Answer(BindingAnswer {
+        let (id, arrival) = match fog_core::stun::parse_binding(&buf[..len]) {
+            Some(Binding::Answer { id, mapped, other }) => (
+                id,
+                Arrival::Answer(BindingAnswer {
                     mapped,
                     other,
                     from,
-                    rtt: sent.elapsed(),
-                }));
-                continue;
-            }
-            MessageClass::Request => Arrival::OwnRequest,
-            _ => continue,
+                    rtt: Duration::ZERO,
+                }),
+            ),
+            Some(Binding::Request { id }) => (id, Arrival::OwnRequest),
+            None => continue,
         };
-        if let Some((_, tx)) = waiters
+        if let Some(tx) = waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id)

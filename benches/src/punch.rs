@@ -1,0 +1,168 @@
+//! `fog-bench-punch`: time from `connect` to connected for every pair of NAT behaviours of the
+//! test bed, at 0 ms and 25 ms one-way delay on every access link. Runs `fog serve` and
+//! `fog connect --json` (the `fog` binary next to this one) in the hosts' namespaces, through
+//! `fog server` with an RFC 5780 STUN server. Needs root, `ip` and `nft`.
+//!
+//! `--quick` does 2 connects per cell instead of 20.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use fog_natlab::{Host, Lab, Link, NatBehaviour};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
+
+fn fog_binary() -> Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("fog");
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build -p fog)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn start(host: &Host, fog: &Path, args: &[&str], prefix: &str) -> Result<Proc> {
+    let mut child = host
+        .command(fog)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting fog")?;
+    let stdout = child.stdout.take().expect("piped");
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with(&wanted) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(15))
+        .map_err(|_| anyhow!("fog {args:?} did not start within 15 s"))?;
+    Ok(proc)
+}
+
+/// `runs` connects from a node running in `host`'s namespace (its NAT verdict already cached,
+/// as in a long-running node): the connect times of those that got a direct path.
+fn connects(host: &Host, peer: String, runs: usize) -> Result<Vec<f64>> {
+    host.run(move || async move {
+        let node = fog::Node::builder()
+            .signal(SIGNAL)
+            .bind()
+            .await
+            .map_err(|e| anyhow!("dialer node: {e}"))?;
+        node.nat_profile().await;
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let started = std::time::Instant::now();
+            if let Ok(conn) = node.connect(&peer).await {
+                if conn.path_kind() == fog::PathKind::Direct {
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                conn.close("bench");
+            }
+        }
+        node.shutdown().await;
+        Ok(times)
+    })
+    .map_err(|e| anyhow!("{e}"))?
+}
+
+fn median_p95(mut ms: Vec<f64>) -> String {
+    if ms.is_empty() {
+        return "no direct path".into();
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| ms[(((ms.len() - 1) as f64) * p).round() as usize];
+    format!("{:.0} / {:.0}", at(0.5), at(0.95))
+}
+
+const BEHAVIOURS: [NatBehaviour; 6] = [
+    NatBehaviour::Open,
+    NatBehaviour::FullCone,
+    NatBehaviour::RestrictedCone,
+    NatBehaviour::PortRestrictedCone,
+    NatBehaviour::SymmetricSequential,
+    NatBehaviour::SymmetricRandom,
+];
+
+fn main() -> Result<()> {
+    let runs = if std::env::args().any(|a| a == "--quick") {
+        2
+    } else {
+        20
+    };
+    let fog = fog_binary()?;
+    println!("| dialer NAT | server NAT | 0 ms: median / p95 (ms) | 25 ms one-way: median / p95 (ms) | direct |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut n = 0;
+    for a in BEHAVIOURS {
+        // A lab per row: the lab's public addresses would not last for all 36 pairs.
+        let mut lab = Lab::new().map_err(|e| anyhow!("the NAT test bed: {e}"))?;
+        let server = lab.server(&[
+            Ipv4Addr::new(203, 0, 113, 9),
+            Ipv4Addr::new(203, 0, 113, 10),
+        ])?;
+        let _server = start(
+            &server,
+            &fog,
+            &[
+                "server",
+                "--signal",
+                "203.0.113.9:7600",
+                "--stun",
+                "203.0.113.9:3478",
+                "--stun-alt",
+                "203.0.113.10:3479",
+            ],
+            "fog signal server on",
+        )?;
+        for b in BEHAVIOURS {
+            let mut cells = Vec::new();
+            let mut ok = 0;
+            for delay in [0u64, 25] {
+                let access = Link::with_delay(Duration::from_millis(delay));
+                let ra = lab.router(a, Link::default())?;
+                let dialer = lab.host(&ra, access)?;
+                let rb = lab.router(b, Link::default())?;
+                let served = lab.host(&rb, access)?;
+                n += 1;
+                let name = format!("bench{n}");
+                let _serve = start(
+                    &served,
+                    &fog,
+                    &["serve", "--signal", SIGNAL, "--name", &name],
+                    "peer id:",
+                )?;
+                let times = connects(&dialer, name, runs)?;
+                ok += times.len();
+                cells.push(median_p95(times));
+            }
+            println!(
+                "| {a} | {b} | {} | {} | {ok}/{} |",
+                cells[0],
+                cells[1],
+                2 * runs
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Two `fog` nodes behind every pair of NAT behaviours of the test bed: `fog serve` behind one
+//! router, `fog connect --json` behind the other, through a real `fog server` with STUN.
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::{Child, Output, Stdio};
+use std::time::Duration;
+
+use fog_natlab::{Host, Lab, Link, NatBehaviour};
+
+const FOG: &str = env!("CARGO_BIN_EXE_fog");
+const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
+
+/// A child process that is killed when the test ends, passed or not.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `fog ARGS` in `host` and waits (bounded) for a stdout line starting with `prefix`.
+fn start(host: &Host, args: &[&str], prefix: &str) -> Proc {
+    let mut child = host
+        .command(FOG)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("fog starts");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with(&wanted) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(15))
+        .unwrap_or_else(|_| panic!("fog {args:?} printed no {prefix:?} line within 15 s"));
+    proc
+}
+
+/// Runs `fog connect` in `host`, killed after 30 s.
+fn connect(host: &Host, peer: &str) -> Output {
+    let child = host
+        .command(FOG)
+        .args([
+            "connect",
+            peer,
+            "--signal",
+            SIGNAL,
+            "--json",
+            "--timeout",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fog connect starts");
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid])
+                .status();
+            panic!("fog connect ran over 30 s in {}", host.name());
+        }
+    }
+}
+
+/// What must happen between a dialer behind `a` and a server behind `b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    /// A direct path to b's public address.
+    Direct,
+    /// "no path" at once: no direct path can exist, and there is no relay yet.
+    NoDirectPath,
+    /// Needs birthday spraying, which is not built yet: the checks time out with "no path".
+    SprayNotBuilt,
+}
+
+fn expected(a: NatBehaviour, b: NatBehaviour) -> Outcome {
+    use NatBehaviour::*;
+    match (a, b) {
+        (SymmetricRandom, SymmetricRandom)
+        | (SymmetricRandom, SymmetricSequential)
+        | (SymmetricSequential, SymmetricRandom) => Outcome::NoDirectPath,
+        (SymmetricRandom, PortRestrictedCone) | (PortRestrictedCone, SymmetricRandom) => {
+            Outcome::SprayNotBuilt
+        }
+        _ => Outcome::Direct,
+    }
+}
+
+const BEHAVIOURS: [NatBehaviour; 6] = [
+    NatBehaviour::Open,
+    NatBehaviour::FullCone,
+    NatBehaviour::RestrictedCone,
+    NatBehaviour::PortRestrictedCone,
+    NatBehaviour::SymmetricSequential,
+    NatBehaviour::SymmetricRandom,
+];
+
+struct Pair {
+    a: NatBehaviour,
+    b: NatBehaviour,
+    dialer: Host,
+    server: Host,
+    public_b: Ipv4Addr,
+    name: String,
+}
+
+fn run_pair(pair: &Pair) -> Result<String, String> {
+    let _serve = start(
+        &pair.server,
+        &["serve", "--signal", SIGNAL, "--name", &pair.name],
+        "peer id:",
+    );
+    let started = std::time::Instant::now();
+    let out = connect(&pair.dialer, &pair.name);
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json: serde_json::Value = serde_json::from_str(&stdout)
+        .map_err(|_| format!("no JSON: {stdout} {}", String::from_utf8_lossy(&out.stderr)))?;
+    match expected(pair.a, pair.b) {
+        Outcome::Direct => {
+            if !out.status.success() {
+                return Err(format!("failed: {json}"));
+            }
+            let remote: std::net::SocketAddr = json["remote"]
+                .as_str()
+                .unwrap_or("")
+                .parse()
+                .map_err(|_| format!("{json}"))?;
+            if json["path"] != "direct" || remote.ip() != IpAddr::V4(pair.public_b) {
+                return Err(format!("not direct to {}: {json}", pair.public_b));
+            }
+            Ok(format!(
+                "{} via {} ({}) in {} ms",
+                json["strategy"], json["candidate"], json["probes"], json["connect_ms"]
+            ))
+        }
+        Outcome::NoDirectPath => {
+            if out.status.success() || json["error"] != "no path" || took > Duration::from_secs(5) {
+                return Err(format!(
+                    "expected a fast no-path error, got {json} after {took:?}"
+                ));
+            }
+            Ok(format!("no path in {} ms", took.as_millis()))
+        }
+        Outcome::SprayNotBuilt => {
+            if out.status.success() || json["error"] != "no path" {
+                return Err(format!(
+                    "expected no path (spraying is not built), got {json}"
+                ));
+            }
+            Ok("no path: needs spraying, not built yet".into())
+        }
+    }
+}
+
+#[test]
+fn every_pair_of_nats_connects_directly_where_a_direct_path_can_exist() {
+    run_matrix(Link::default());
+}
+
+#[test]
+fn the_same_with_25_ms_delay_and_2_percent_loss_on_every_access_link() {
+    run_matrix(Link {
+        delay: Duration::from_millis(25),
+        loss_percent: 2,
+    });
+}
+
+fn run_matrix(access: Link) {
+    let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
+    let server = lab
+        .server(&[
+            Ipv4Addr::new(203, 0, 113, 9),
+            Ipv4Addr::new(203, 0, 113, 10),
+        ])
+        .unwrap();
+    let _fog_server = start(
+        &server,
+        &[
+            "server",
+            "--signal",
+            "203.0.113.9:7600",
+            "--stun",
+            "203.0.113.9:3478",
+            "--stun-alt",
+            "203.0.113.10:3479",
+        ],
+        "fog signal server on",
+    );
+    let mut pairs = Vec::new();
+    for a in BEHAVIOURS {
+        for b in BEHAVIOURS {
+            let ra = lab.router(a, Link::default()).unwrap();
+            let dialer = lab.host(&ra, access).unwrap();
+            let rb = lab.router(b, Link::default()).unwrap();
+            let served = lab.host(&rb, access).unwrap();
+            let public_b = if b == NatBehaviour::Open {
+                served.addr()
+            } else {
+                rb.wan_addr()
+            };
+            pairs.push(Pair {
+                a,
+                b,
+                dialer,
+                server: served,
+                public_b,
+                name: format!("p{}-{}", access.delay.as_millis(), pairs.len()),
+            });
+        }
+    }
+    // A few pairs at a time: each is two processes in their own namespaces.
+    let results: Vec<(String, Result<String, String>)> = std::thread::scope(|scope| {
+        pairs
+            .chunks(6)
+            .flat_map(|chunk| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .map(|pair| {
+                        scope.spawn(move || (format!("{} x {}", pair.a, pair.b), run_pair(pair)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    let mut failures = Vec::new();
+    for (pair, result) in &results {
+        match result {
+            Ok(how) => println!("{pair}: {how}"),
+            Err(why) => {
+                println!("{pair}: FAILED {why}");
+                failures.push(pair.clone());
+            }
+        }
+    }
+    assert!(failures.is_empty(), "pairs that failed: {failures:?}");
+}
+
+#[test]
+fn two_hosts_behind_one_nat_connect_over_their_lan() {
+    let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
+    let server = lab
+        .server(&[
+            Ipv4Addr::new(203, 0, 113, 9),
+            Ipv4Addr::new(203, 0, 113, 10),
+        ])
+        .unwrap();
+    let _fog_server = start(
+        &server,
+        &[
+            "server",
+            "--signal",
+            "203.0.113.9:7600",
+            "--stun",
+            "203.0.113.9:3478",
+            "--stun-alt",
+            "203.0.113.10:3479",
+        ],
+        "fog signal server on",
+    );
+    for nat in [
+        NatBehaviour::PortRestrictedCone,
+        NatBehaviour::SymmetricRandom,
+    ] {
+        let router = lab.router(nat, Link::default()).unwrap();
+        let a = lab.host(&router, Link::default()).unwrap();
+        let b = lab.host(&router, Link::default()).unwrap();
+        let name = format!("lan-{nat}");
+        let _serve = start(
+            &b,
+            &["serve", "--signal", SIGNAL, "--name", &name],
+            "peer id:",
+        );
+        let out = connect(&a, &name);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(out.status.success(), "{nat}: {json}");
+        let remote: std::net::SocketAddr = json["remote"].as_str().unwrap().parse().unwrap();
+        assert_eq!(
+            remote.ip(),
+            IpAddr::V4(b.addr()),
+            "{nat}: not over the LAN: {json}"
+        );
+        assert_eq!(json["candidate"], "host", "{json}");
+    }
+}
