@@ -292,6 +292,16 @@ pub struct SelectedPath {
     pub rtt: Duration,
 }
 
+/// The socket a path leaves from, when it is not the node's main socket.
+#[derive(Clone)]
+pub struct PathSocket(pub std::sync::Arc<dyn crate::probe::Prober>);
+
+impl fmt::Debug for PathSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PathSocket({})", self.0.local_addr())
+    }
+}
+
 /// A path through a relay (filled by a relay layer when present).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayPath {
@@ -384,6 +394,9 @@ pub struct Attempt {
     pub relay_paths: Vec<RelayPath>,
     /// The chosen path (punch layer or relay layer).
     pub path: Option<SelectedPath>,
+    /// The socket the path leaves from, when it is not the node's main socket (birthday
+    /// spraying found it on one of its extra sockets).
+    pub path_socket: Option<PathSocket>,
     /// The negotiated protocol (protocol select layer).
     pub protocol: Option<Protocol>,
     /// Connectivity probes sent so far.
@@ -409,6 +422,7 @@ impl Attempt {
             strategy: None,
             relay_paths: Vec::new(),
             path: None,
+            path_socket: None,
             protocol: None,
             probes_sent: 0,
             started: Instant::now(),

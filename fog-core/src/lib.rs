@@ -24,8 +24,8 @@ pub mod signal;
 pub mod stun;
 
 pub use attempt::{
-    Attempt, Candidate, CandidateKind, NatProfile, PathKind, PeerRef, Protocol, RelayPath,
-    RemoteInfo, Role, SelectedPath, SessionKeys, Strategy,
+    Attempt, Candidate, CandidateKind, NatProfile, PathKind, PathSocket, PeerRef, Protocol,
+    RelayPath, RemoteInfo, Role, SelectedPath, SessionKeys, Strategy,
 };
 pub use connection::{
     BiStream, Connection, ConnectionError, ConnectionInfo, ConnectionStats, RecvHalf, SendHalf,

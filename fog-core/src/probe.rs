@@ -1,6 +1,8 @@
 //! The connectivity-check interface a punch layer drives; the shared UDP socket implements it.
 
+use std::any::Any;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -46,4 +48,15 @@ pub trait Prober: Send + Sync + 'static {
     /// This socket's address as the STUN server `stun` sees it (its server-reflexive address);
     /// `None` when no answer came within a second.
     fn server_reflexive(&self, stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>>;
+
+    /// `count` fresh sockets that answer checks on their own, for birthday spraying against a
+    /// random symmetric NAT; empty when this prober cannot make them. Dropping one closes it,
+    /// unless a transport took it over for the connection.
+    fn spray_sockets(&self, count: usize) -> BoxFuture<'_, Vec<Arc<dyn Prober>>> {
+        let _ = count;
+        Box::pin(async { Vec::new() })
+    }
+
+    /// The prober as `Any`, so that a transport can take over the socket it wraps.
+    fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }

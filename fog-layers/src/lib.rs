@@ -42,6 +42,7 @@ pub mod predict;
 pub mod protocol;
 pub mod punch;
 pub mod signal;
+pub mod spray;
 pub mod strategy;
 
 pub use future::ResponseFuture;

@@ -12,8 +12,12 @@ use std::time::{Duration, Instant};
 
 use fog_core::{
     Attempt, BoxError, Candidate, CandidateKind, CheckEvent, ConnectError, Connection, Event,
-    PathKind, Prober, SelectedPath,
+    PathKind, PathSocket, Prober, SelectedPath, Strategy,
 };
+use tokio::sync::mpsc;
+
+use crate::spray::{peer_public_ip, Spray, SprayRole, WAVE_INTERVAL};
+use crate::strategy::NatClass;
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
 
@@ -223,11 +227,22 @@ fn local_address_towards(bound: SocketAddr, remote: SocketAddr) -> SocketAddr {
         .unwrap_or(bound)
 }
 
+/// The spray role of this side, when the strategy is to spray.
+fn spray_role(attempt: &Attempt) -> Option<SprayRole> {
+    if attempt.strategy != Some(Strategy::Spray) {
+        return None;
+    }
+    match NatClass::of(attempt.local_nat.as_ref()) {
+        NatClass::SymmetricRandom => Some(SprayRole::Sockets),
+        _ => peer_public_ip(attempt).map(SprayRole::Ports),
+    }
+}
+
 async fn punch(
     prober: Arc<dyn Prober>,
     config: PunchConfig,
     attempt: &mut Attempt,
-) -> Result<SelectedPath, ConnectError> {
+) -> Result<(SelectedPath, Option<PathSocket>), ConnectError> {
     let remote = attempt.remote.as_ref().ok_or(ConnectError::MissingInput {
         layer: "PunchLayer",
         needs: "the peer's candidates (SignalLayer)",
@@ -239,6 +254,27 @@ async fn punch(
     // tokio's clock, so that tests with a paused clock run the schedule without waiting.
     let now = || tokio::time::Instant::now().into_std();
     let mut schedule = PunchSchedule::new(&targets, local, now(), config);
+    let (spray_tx, mut spray_events) = mpsc::unbounded_channel();
+    let mut spray = spray_role(attempt).map(|role| Spray::new(role, attempt.session, spray_tx));
+    let mut next_wave = spray.as_ref().map(|_| tokio::time::Instant::now());
+    let path_to = |remote: SocketAddr, local: SocketAddr, rtt| {
+        let candidate = candidates
+            .iter()
+            .copied()
+            .filter(|c| c.addr == remote)
+            .max_by_key(|c| c.priority)
+            .unwrap_or(Candidate {
+                addr: remote,
+                kind: CandidateKind::Prflx,
+                priority: 0,
+            });
+        SelectedPath {
+            remote: candidate,
+            local: local_address_towards(local, remote),
+            kind: PathKind::Direct,
+            rtt,
+        }
+    };
     loop {
         match schedule.poll(now()) {
             PunchAction::Send(targets) => {
@@ -253,27 +289,13 @@ async fn punch(
                 }
             }
             PunchAction::WaitUntil(at) => {
+                let mut wave_due = false;
                 tokio::select! {
                     event = events.recv() => match event {
                         None => return Err(ConnectError::Shutdown),
                         Some(CheckEvent::Answered(reply)) => {
                             attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
-                            let candidate = candidates
-                                .iter()
-                                .copied()
-                                .filter(|c| c.addr == reply.remote)
-                                .max_by_key(|c| c.priority)
-                                .unwrap_or(Candidate {
-                                    addr: reply.remote,
-                                    kind: CandidateKind::Prflx,
-                                    priority: 0,
-                                });
-                            return Ok(SelectedPath {
-                                remote: candidate,
-                                local: local_address_towards(local, reply.remote),
-                                kind: PathKind::Direct,
-                                rtt: reply.rtt,
-                            });
+                            return Ok((path_to(reply.remote, local, reply.rtt), None));
                         }
                         // The peer reached us from an address we did not know (its NAT's mapping
                         // towards us): check it at once, a "triggered check".
@@ -284,7 +306,35 @@ async fn punch(
                             }
                         }
                     },
+                    Some((index, event)) = spray_events.recv() => {
+                        let Some(socket) = spray.as_ref().and_then(|s| s.sockets.get(index)).cloned() else {
+                            continue;
+                        };
+                        match event {
+                            CheckEvent::Answered(reply) => {
+                                attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
+                                let path = path_to(reply.remote, socket.local_addr(), reply.rtt);
+                                return Ok((path, Some(PathSocket(socket))));
+                            }
+                            CheckEvent::Received { from } => {
+                                if socket.send_check(&attempt.session, from).is_ok() {
+                                    attempt.probes_sent += 1;
+                                    attempt.emit(Event::CheckSent { remote: from });
+                                }
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep_until(next_wave.unwrap_or_else(tokio::time::Instant::now)), if next_wave.is_some() => {
+                        wave_due = true;
+                    }
                     _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                }
+                if wave_due {
+                    if let Some(spray) = spray.as_mut() {
+                        let sent = spray.wave(&prober, schedule.targets()).await;
+                        attempt.probes_sent += sent;
+                        next_wave = Some(tokio::time::Instant::now() + WAVE_INTERVAL);
+                    }
                 }
             }
             PunchAction::GiveUp => {
@@ -292,9 +342,14 @@ async fn punch(
                     "the peer sent no candidate this socket can reach".into()
                 } else {
                     format!(
-                        "no answer from {} candidate(s) within {:?}",
+                        "no answer from {} candidate(s) within {:?}{}",
                         schedule.targets().len(),
-                        config.timeout
+                        config.timeout,
+                        if spray.is_some() {
+                            ", spraying included"
+                        } else {
+                            ""
+                        }
                     )
                 }));
             }
@@ -323,12 +378,13 @@ where
         ResponseFuture::new(async move {
             use tracing::Instrument;
             let span = tracing::debug_span!("punch", session = %attempt.session.id_hex());
-            let path = punch(prober, config, &mut attempt).instrument(span).await?;
+            let (path, socket) = punch(prober, config, &mut attempt).instrument(span).await?;
             attempt.emit(Event::PathSelected {
                 remote: path.remote.addr,
                 kind: path.kind,
             });
             attempt.path = Some(path);
+            attempt.path_socket = socket;
             inner.oneshot(attempt).await.map_err(Into::into)
         })
     }

@@ -288,6 +288,10 @@ impl Prober for FakeProber {
     fn server_reflexive(&self, _stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>> {
         Box::pin(async { Some("198.51.100.7:5000".parse().unwrap()) })
     }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
 }
 
 fn attempt_with_remote(candidates: &[(&str, CandidateKind, u32)]) -> Attempt {

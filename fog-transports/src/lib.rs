@@ -23,4 +23,4 @@ pub mod socket;
 pub mod tls;
 
 pub use quic::QuicTransport;
-pub use socket::FogSocket;
+pub use socket::{FogSocket, SpraySocket};

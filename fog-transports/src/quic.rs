@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use fog_core::{
     Attempt, BoxError, ConnectError, Connection, ConnectionError, ConnectionInfo, Event, Identity,
-    PeerId, Protocol, RecvHalf, Role, SendHalf, TransportConnection, TransportCounters,
+    NatType, PathSocket, PeerId, Protocol, RecvHalf, Role, SendHalf, Strategy, TransportConnection,
+    TransportCounters,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use crate::socket::FogSocket;
+use crate::socket::{FogSocket, SpraySocket};
 use crate::tls;
 
 /// How long a responder waits for the dialer's QUIC handshake after its own checks succeeded.
@@ -80,6 +81,30 @@ fn transport_config() -> quinn::TransportConfig {
     config
 }
 
+/// A QUIC endpoint (client and server) on `socket`, whose incoming handshakes go to
+/// `rendezvous`.
+fn endpoint_on(
+    socket: Arc<FogSocket>,
+    identity: &Identity,
+    rendezvous: &Arc<Mutex<Rendezvous>>,
+) -> Result<quinn::Endpoint, BoxError> {
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(identity)?)?,
+    ));
+    server.transport_config(Arc::new(transport_config()));
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    // Keep the fixed bit set, so QUIC packets never look like connectivity checks.
+    endpoint_config.grease_quic_bit(false);
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config,
+        Some(server),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    tokio::spawn(accept_loop(endpoint.clone(), rendezvous.clone()));
+    Ok(endpoint)
+}
+
 /// The SNI that names a session.
 fn session_server_name(session_hex: &str) -> String {
     format!("s{session_hex}")
@@ -97,21 +122,8 @@ impl QuicTransport {
     /// A QUIC endpoint on `socket` that presents `identity`. Must be called inside a tokio
     /// runtime; the endpoint lives until the last clone is dropped or [`close`](Self::close).
     pub fn new(socket: Arc<FogSocket>, identity: Identity) -> Result<Self, BoxError> {
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(
-            quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(&identity)?)?,
-        ));
-        server.transport_config(Arc::new(transport_config()));
-        let mut endpoint_config = quinn::EndpointConfig::default();
-        // Keep the fixed bit set, so QUIC packets never look like connectivity checks.
-        endpoint_config.grease_quic_bit(false);
-        let endpoint = quinn::Endpoint::new_with_abstract_socket(
-            endpoint_config,
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
         let rendezvous = Arc::new(Mutex::new(Rendezvous::default()));
-        tokio::spawn(accept_loop(endpoint.clone(), rendezvous.clone()));
+        let endpoint = endpoint_on(socket, &identity, &rendezvous)?;
         Ok(QuicTransport {
             shared: Arc::new(Shared {
                 endpoint,
@@ -135,6 +147,7 @@ impl QuicTransport {
 
     async fn dial(
         shared: Arc<Shared>,
+        endpoint: quinn::Endpoint,
         peer: PeerId,
         remote: SocketAddr,
         session_hex: String,
@@ -145,8 +158,7 @@ impl QuicTransport {
             .map_err(|e| ConnectError::HandshakeRefused(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config()));
-        let connecting = shared
-            .endpoint
+        let connecting = endpoint
             .connect_with(config, remote, &session_server_name(&session_hex))
             .map_err(|e| ConnectError::HandshakeRefused(e.to_string()))?;
         connecting.await.map_err(handshake_error)
@@ -201,6 +213,20 @@ impl QuicTransport {
             }
         }
     }
+}
+
+/// Whether this side opens the QUIC connection. The dialer does, except when spraying: several
+/// of the spraying side's sockets may get through, and only that side knows which one it
+/// chose, so it opens the connection from there.
+fn opens_quic(attempt: &Attempt) -> bool {
+    if attempt.strategy == Some(Strategy::Spray) {
+        let symmetric = attempt
+            .local_nat
+            .as_ref()
+            .is_some_and(|nat| nat.nat_type == Some(NatType::Symmetric));
+        return symmetric;
+    }
+    attempt.role == Role::Dialer
 }
 
 fn handshake_error(e: quinn::ConnectionError) -> ConnectError {
@@ -262,15 +288,38 @@ impl Service<Attempt> for QuicTransport {
                     .into());
                 }
             }
+            // A path found on one of the spraying sockets: QUIC runs on that socket.
+            let dedicated = match &attempt.path_socket {
+                Some(PathSocket(prober)) => {
+                    let spray =
+                        prober
+                            .clone()
+                            .as_any()
+                            .downcast::<SpraySocket>()
+                            .map_err(|_| ConnectError::MissingInput {
+                                layer: "QuicTransport",
+                                needs: "a path socket made by FogSocket::spray_sockets",
+                            })?;
+                    Some(endpoint_on(
+                        spray.adopt(),
+                        &shared.identity,
+                        &shared.rendezvous,
+                    )?)
+                }
+                None => None,
+            };
             let session = attempt.session.id_hex();
-            let conn = match attempt.role {
-                Role::Dialer => Self::dial(shared, peer, path.remote.addr, session).await?,
-                Role::Responder => Self::await_dialer(shared, peer, session).await?,
+            let conn = if opens_quic(&attempt) {
+                let endpoint = dedicated.clone().unwrap_or_else(|| shared.endpoint.clone());
+                Self::dial(shared, endpoint, peer, path.remote.addr, session).await?
+            } else {
+                Self::await_dialer(shared, peer, session).await?
             };
             let connection = Connection::new(
                 Box::new(QuicConnection {
                     conn,
                     local: path.local,
+                    dedicated,
                 }),
                 ConnectionInfo::from_attempt(&attempt, peer, Protocol::Quic),
                 attempt.events.clone(),
@@ -291,6 +340,16 @@ impl Service<Attempt> for QuicTransport {
 struct QuicConnection {
     conn: quinn::Connection,
     local: SocketAddr,
+    /// The endpoint on the path's own socket (birthday spraying), closed with the connection.
+    dedicated: Option<quinn::Endpoint>,
+}
+
+impl Drop for QuicConnection {
+    fn drop(&mut self) {
+        if let Some(endpoint) = &self.dedicated {
+            endpoint.close(0u32.into(), b"connection dropped");
+        }
+    }
 }
 
 fn closed(e: quinn::ConnectionError) -> ConnectionError {

@@ -160,6 +160,28 @@ impl Prober for FogSocket {
         self.local
     }
 
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+
+    fn spray_sockets(&self, count: usize) -> BoxFuture<'_, Vec<Arc<dyn Prober>>> {
+        Box::pin(async move {
+            let any = SocketAddr::new(self.local.ip(), 0);
+            let mut sockets: Vec<Arc<dyn Prober>> = Vec::with_capacity(count);
+            for _ in 0..count {
+                match SpraySocket::bind(any).await {
+                    Ok(socket) => sockets.push(Arc::new(socket)),
+                    Err(e) => {
+                        // Out of descriptors or ports: spray with what we have.
+                        tracing::debug!(error = %e, "spray socket not opened");
+                        break;
+                    }
+                }
+            }
+            sockets
+        })
+    }
+
     fn watch(&self, session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut checks = self.checks();
@@ -221,6 +243,91 @@ impl Prober for FogSocket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+impl FogSocket {
+    /// Reads the socket and handles connectivity checks until the task is aborted: what a
+    /// socket without a QUIC endpoint on it needs to take part in checks. Anything else is
+    /// dropped.
+    async fn check_loop(self: Arc<Self>) {
+        let mut buf = [0u8; 1500];
+        loop {
+            match self.io.recv_from(&mut buf).await {
+                Ok((len, from)) if check::looks_like_check(&buf[..len]) => {
+                    self.handle_check(&buf[..len], from)
+                }
+                Ok(_) => {}
+                Err(e) if is_transient(&e) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// One of the extra sockets of birthday spraying: a [`FogSocket`] whose checks are handled by
+/// its own task until a transport takes the socket over with [`SpraySocket::adopt`]. Dropping it
+/// stops the task and closes the socket.
+pub struct SpraySocket {
+    socket: Arc<FogSocket>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for SpraySocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpraySocket")
+            .field("local", &self.socket.local)
+            .finish()
+    }
+}
+
+impl Drop for SpraySocket {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl SpraySocket {
+    /// Binds a socket on `addr` and starts handling its checks.
+    pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
+        let socket = FogSocket::bind(addr).await?;
+        let task = tokio::spawn(socket.clone().check_loop());
+        Ok(SpraySocket {
+            socket,
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// Stops the check task and hands out the socket, for a QUIC endpoint to run on.
+    pub fn adopt(&self) -> Arc<FogSocket> {
+        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            task.abort();
+        }
+        self.socket.clone()
+    }
+}
+
+impl Prober for SpraySocket {
+    fn local_addr(&self) -> SocketAddr {
+        self.socket.local
+    }
+
+    fn watch(&self, session: &SessionKeys) -> mpsc::UnboundedReceiver<CheckEvent> {
+        self.socket.watch(session)
+    }
+
+    fn send_check(&self, session: &SessionKeys, remote: SocketAddr) -> io::Result<()> {
+        self.socket.send_check(session, remote)
+    }
+
+    fn server_reflexive(&self, stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>> {
+        self.socket.server_reflexive(stun)
+    }
+
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
     }
 }
 

@@ -86,8 +86,6 @@ enum Outcome {
     Direct,
     /// "no path" at once: no direct path can exist, and there is no relay yet.
     NoDirectPath,
-    /// Needs birthday spraying, which is not built yet: the checks time out with "no path".
-    SprayNotBuilt,
 }
 
 fn expected(a: NatBehaviour, b: NatBehaviour) -> Outcome {
@@ -96,9 +94,6 @@ fn expected(a: NatBehaviour, b: NatBehaviour) -> Outcome {
         (SymmetricRandom, SymmetricRandom)
         | (SymmetricRandom, SymmetricSequential)
         | (SymmetricSequential, SymmetricRandom) => Outcome::NoDirectPath,
-        (SymmetricRandom, PortRestrictedCone) | (PortRestrictedCone, SymmetricRandom) => {
-            Outcome::SprayNotBuilt
-        }
         _ => Outcome::Direct,
     }
 }
@@ -158,14 +153,6 @@ fn run_pair(pair: &Pair) -> Result<String, String> {
                 ));
             }
             Ok(format!("no path in {} ms", took.as_millis()))
-        }
-        Outcome::SprayNotBuilt => {
-            if out.status.success() || json["error"] != "no path" {
-                return Err(format!(
-                    "expected no path (spraying is not built), got {json}"
-                ));
-            }
-            Ok("no path: needs spraying, not built yet".into())
         }
     }
 }
