@@ -37,7 +37,12 @@ struct Session {
     secret: [u8; 32],
     answer_until: Instant,
     events: Option<mpsc::UnboundedSender<CheckEvent>>,
+    /// Where each request was first seen from: the same request from elsewhere is a replay.
+    first_seen: HashMap<[u8; 12], SocketAddr>,
 }
+
+/// Requests remembered per session for replay detection (a punch sends far fewer).
+const REMEMBERED_REQUESTS: usize = 4096;
 
 struct Pending {
     session: [u8; 16],
@@ -114,11 +119,21 @@ impl FogSocket {
         let mut checks = self.checks();
         match packet.kind {
             CheckKind::Request => {
-                let Some(session) = checks.sessions.get(&packet.session) else {
+                let Some(session) = checks.sessions.get_mut(&packet.session) else {
                     return;
                 };
                 if session.answer_until < Instant::now() || !packet.verify(&session.secret) {
                     return;
+                }
+                // A copy of a genuine request sent from another address (a third party that
+                // captured it) gets nothing: no answer, no new target.
+                match session.first_seen.get(&packet.txid) {
+                    Some(first) if *first != from => return,
+                    Some(_) => {}
+                    None if session.first_seen.len() < REMEMBERED_REQUESTS => {
+                        session.first_seen.insert(packet.txid, from);
+                    }
+                    None => {}
                 }
                 let reply = check::encode(
                     CheckKind::Reply,
@@ -193,6 +208,7 @@ impl Prober for FogSocket {
                 secret: session.secret,
                 answer_until: now + ANSWER_TTL,
                 events: Some(tx),
+                first_seen: HashMap::new(),
             },
         );
         rx

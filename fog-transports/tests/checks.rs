@@ -111,3 +111,53 @@ fn fog_server_answer(request: &[u8], from: std::net::SocketAddr) -> Option<Vec<u
     reply.extend_from_slice(&ip.to_be_bytes());
     Some(reply)
 }
+
+#[tokio::test]
+async fn a_captured_check_replayed_from_elsewhere_gets_nothing() {
+    use fog_transports::check::{self, CheckKind};
+    let (b, _tb) = socket().await;
+    let session = SessionKeys::generate();
+    let mut b_events = b.watch(&session);
+    let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 128];
+
+    // The peer's genuine check is answered.
+    let genuine = check::encode(CheckKind::Request, &session.id, &[1; 12], &session.secret);
+    peer.send_to(&genuine, b.local_addr()).await.unwrap();
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(check::decode(&buf[..len]).unwrap().txid, [1; 12]);
+
+    // A copy of it from another address is ignored; a new check from there is not (so the
+    // attacker's socket works and order proves the copy got nothing).
+    attacker.send_to(&genuine, b.local_addr()).await.unwrap();
+    let fresh = check::encode(CheckKind::Request, &session.id, &[2; 12], &session.secret);
+    attacker.send_to(&fresh, b.local_addr()).await.unwrap();
+    let (len, _) = tokio::time::timeout(Duration::from_secs(5), attacker.recv_from(&mut buf))
+        .await
+        .expect("the fresh check is answered")
+        .unwrap();
+    assert_eq!(
+        check::decode(&buf[..len]).unwrap().txid,
+        [2; 12],
+        "the replay was answered"
+    );
+
+    // The watcher heard of the peer, then of the fresh check only.
+    let peer_addr = peer.local_addr().unwrap();
+    let attacker_addr = attacker.local_addr().unwrap();
+    assert_eq!(
+        b_events.recv().await.unwrap(),
+        CheckEvent::Received { from: peer_addr }
+    );
+    assert_eq!(
+        b_events.recv().await.unwrap(),
+        CheckEvent::Received {
+            from: attacker_addr
+        }
+    );
+    assert!(b_events.try_recv().is_err());
+}
