@@ -3,14 +3,14 @@
 //!
 //! Run with `scripts/bench.sh` (release build); `--quick` does a short run for CI.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use fog_core::signal::{registration_message, ClientMessage, ServerMessage};
 use fog_core::Identity;
+use fog_natlab::process::{spawn_until_line, ChildGuard};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -21,25 +21,14 @@ struct Settings {
     peers: usize,
 }
 
-/// A child process that is killed when dropped, so a failed bench leaves nothing running.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn rss_kib(&self) -> Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.0.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| anyhow!("no VmRSS for pid {}", self.0.id()))
-    }
+/// Resident memory of process `pid`, from /proc.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))
 }
 
 fn fog_binary() -> Result<PathBuf> {
@@ -54,28 +43,13 @@ fn fog_binary() -> Result<PathBuf> {
 }
 
 /// Starts `fog ARGS` and returns it with the first stdout line that starts with `prefix`.
-fn spawn_fog(args: &[&str], prefix: &str) -> Result<(Proc, String)> {
-    let mut child = Command::new(fog_binary()?)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting fog")?;
-    let stdout = child.stdout.take().expect("piped");
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = prefix.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
-            if let Some(rest) = line.strip_prefix(&wanted) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
-        anyhow!("fog {args:?} printed no line starting with {prefix:?} within 10 s")
-    })?;
-    Ok((proc, line))
+fn spawn_fog(args: &[&str], prefix: &str) -> Result<(ChildGuard, String)> {
+    spawn_until_line(
+        Command::new(fog_binary()?).args(args),
+        prefix,
+        Duration::from_secs(10),
+    )
+    .map_err(|e| anyhow!(e))
 }
 
 fn raise_fd_limit(want: u64) {
@@ -206,12 +180,12 @@ async fn main() -> Result<()> {
 
     // Let the serving node go idle before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let serve_rss = serve.rss_kib()?;
+    let serve_rss = rss_kib(serve.0.id())?;
     drop(serve);
 
-    let before = server.rss_kib()?;
+    let before = rss_kib(server.0.id())?;
     let sessions = register_peers(&url, settings.peers).await?;
-    let after = server.rss_kib()?;
+    let after = rss_kib(server.0.id())?;
     drop(sessions);
     let per_peer = (after.saturating_sub(before)) as f64 * 1024.0 / settings.peers as f64;
 

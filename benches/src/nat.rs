@@ -4,23 +4,13 @@
 //!
 //! `--quick` does 2 runs per cell instead of 10.
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use fog_natlab::process::spawn_until_line;
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn fog_binary() -> Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name("fog");
@@ -63,9 +53,8 @@ fn main() -> Result<()> {
         Ipv4Addr::new(203, 0, 113, 9),
         Ipv4Addr::new(203, 0, 113, 10),
     ])?;
-    let mut child = server
-        .command(&fog)
-        .args([
+    let (_server, _) = spawn_until_line(
+        server.command(&fog).args([
             "server",
             "--signal",
             "203.0.113.9:7600",
@@ -73,22 +62,11 @@ fn main() -> Result<()> {
             "203.0.113.9:3478",
             "--stun-alt",
             "203.0.113.10:3479",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = child.stdout.take().expect("piped");
-    let _server = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("fog signal server on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .map_err(|_| anyhow!("fog server did not start within 10 s"))?;
+        ]),
+        "fog signal server on",
+        Duration::from_secs(10),
+    )
+    .map_err(|e| anyhow!(e))?;
 
     println!("| behaviour | verdict | 0 ms: median / p95 | 25 ms one-way: median / p95 |");
     println!("| --- | --- | --- | --- |");

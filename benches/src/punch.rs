@@ -5,23 +5,13 @@
 //!
 //! `--quick` does 2 connects per cell instead of 20.
 
-use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
+use fog_natlab::process::{spawn_until_line, ChildGuard};
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
 
@@ -36,28 +26,14 @@ fn fog_binary() -> Result<PathBuf> {
     Ok(path)
 }
 
-fn start(host: &Host, fog: &Path, args: &[&str], prefix: &str) -> Result<Proc> {
-    let mut child = host
-        .command(fog)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting fog")?;
-    let stdout = child.stdout.take().expect("piped");
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = prefix.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with(&wanted) {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(15))
-        .map_err(|_| anyhow!("fog {args:?} did not start within 15 s"))?;
-    Ok(proc)
+fn start(host: &Host, fog: &Path, args: &[&str], prefix: &str) -> Result<ChildGuard> {
+    spawn_until_line(
+        host.command(fog).args(args),
+        prefix,
+        Duration::from_secs(15),
+    )
+    .map(|(guard, _)| guard)
+    .map_err(|e| anyhow!(e))
 }
 
 /// `runs` connects from a node running in `host`'s namespace (its NAT verdict already cached,

@@ -129,6 +129,7 @@
 //! ```
 
 mod nat;
+pub mod process;
 mod sys;
 mod tap;
 

@@ -1,66 +1,26 @@
 //! The `fog` binary driven as a user drives it: a server process, a serving node, `connect`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::Duration;
+
+use fog_natlab::process::{output_within, spawn_until_line, ChildGuard};
 
 const FOG: &str = env!("CARGO_BIN_EXE_fog");
 
-/// A child process that is killed when the test ends, passed or not.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `fog ARGS` and waits (at most 10 s) for a stdout line starting with `prefix`.
-fn start(args: &[&str], prefix: &str) -> (Proc, String) {
-    let mut child = Command::new(FOG)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fog starts");
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = prefix.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.strip_prefix(&wanted) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("fog {args:?} printed no {prefix:?} line within 10 s"));
-    (proc, line)
+fn start(args: &[&str], prefix: &str) -> (ChildGuard, String) {
+    spawn_until_line(
+        Command::new(FOG).args(args),
+        prefix,
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs `fog ARGS` to completion; killed if it runs over 30 s.
 fn run(args: &[&str]) -> Output {
-    let child = Command::new(FOG)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fog starts");
-    let pid = child.id().to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(output) => output.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid]).status();
-            panic!("fog {args:?} ran over 30 s");
-        }
-    }
+    output_within(Command::new(FOG).args(args), Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn text(bytes: &[u8]) -> String {

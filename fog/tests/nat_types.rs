@@ -2,31 +2,20 @@
 //! server in a server namespace, and `fog nat` run in a host namespace behind each router.
 
 use std::net::Ipv4Addr;
-use std::process::{Child, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use fog_natlab::process::{output_within, spawn_until_line, ChildGuard};
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
 
 const FOG: &str = env!("CARGO_BIN_EXE_fog");
 const STUN: &str = "203.0.113.9:3478";
 const STUN_ALT: &str = "203.0.113.10:3479";
 
-/// A child process that is killed when the test ends, passed or not.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `fog server` in `server`'s namespace and waits until it listens.
-fn start_server(server: &Host) -> Proc {
-    use std::io::{BufRead, BufReader};
-    let mut child = server
-        .command(FOG)
-        .args([
+fn start_server(server: &Host) -> ChildGuard {
+    spawn_until_line(
+        server.command(FOG).args([
             "server",
             "--signal",
             "203.0.113.9:7600",
@@ -34,24 +23,12 @@ fn start_server(server: &Host) -> Proc {
             STUN,
             "--stun-alt",
             STUN_ALT,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fog server starts in the server namespace");
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("fog signal server on") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(10))
-        .expect("fog server listening within 10 s");
-    proc
+        ]),
+        "fog signal server on",
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .0
 }
 
 /// Runs `fog nat --json` in `host`'s namespace against our server, killed after 10 s.
@@ -61,27 +38,11 @@ fn fog_nat(host: &Host) -> serde_json::Value {
 
 /// Runs `fog nat --stun STUN --json` in `host`'s namespace, killed after 10 s.
 fn fog_nat_with(host: &Host, stun: &str) -> serde_json::Value {
-    let child = host
-        .command(FOG)
-        .args(["nat", "--stun", stun, "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fog nat starts");
-    let pid = child.id().to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out: Output = match rx.recv_timeout(Duration::from_secs(10)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid])
-                .status();
-            panic!("fog nat ran over 10 s in {}", host.name());
-        }
-    };
+    let out = output_within(
+        host.command(FOG).args(["nat", "--stun", stun, "--json"]),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         out.status.success(),
         "fog nat failed in {}: {}",
@@ -160,7 +121,7 @@ fn fog_nat_names_every_behaviour_five_times_out_of_five() {
 }
 
 /// Starts coturn (Debian's `turnserver`) as a plain RFC 5780 STUN server in `server`'s namespace.
-fn start_coturn(server: &Host, primary: Ipv4Addr, alternate: Ipv4Addr) -> Proc {
+fn start_coturn(server: &Host, primary: Ipv4Addr, alternate: Ipv4Addr) -> ChildGuard {
     let child = server
         .command("turnserver")
         .args([
@@ -179,7 +140,7 @@ fn start_coturn(server: &Host, primary: Ipv4Addr, alternate: Ipv4Addr) -> Proc {
         .stderr(Stdio::null())
         .spawn()
         .expect("coturn's turnserver is installed (scripts/test.sh installs it)");
-    Proc(child)
+    ChildGuard(child)
 }
 
 #[test]

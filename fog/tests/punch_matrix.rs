@@ -1,56 +1,31 @@
 //! Two `fog` nodes behind every pair of NAT behaviours of the test bed: `fog serve` behind one
 //! router, `fog connect --json` behind the other, through a real `fog server` with STUN.
 
-use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::{Child, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
+use fog_natlab::process::{output_within, spawn_until_line, ChildGuard};
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
 
 const FOG: &str = env!("CARGO_BIN_EXE_fog");
 const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
 
-/// A child process that is killed when the test ends, passed or not.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts `fog ARGS` in `host` and waits (bounded) for a stdout line starting with `prefix`.
-fn start(host: &Host, args: &[&str], prefix: &str) -> Proc {
-    let mut child = host
-        .command(FOG)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("fog starts");
-    let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let wanted = prefix.to_string();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with(&wanted) {
-                let _ = tx.send(());
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(15))
-        .unwrap_or_else(|_| panic!("fog {args:?} printed no {prefix:?} line within 15 s"));
-    proc
+fn start(host: &Host, args: &[&str], prefix: &str) -> ChildGuard {
+    spawn_until_line(
+        host.command(FOG).args(args),
+        prefix,
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .0
 }
 
 /// Runs `fog connect` in `host`, killed after 30 s.
 fn connect(host: &Host, peer: &str) -> Output {
-    let child = host
-        .command(FOG)
-        .args([
+    output_within(
+        host.command(FOG).args([
             "connect",
             peer,
             "--signal",
@@ -58,25 +33,10 @@ fn connect(host: &Host, peer: &str) -> Output {
             "--json",
             "--timeout",
             "20",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("fog connect starts");
-    let pid = child.id().to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(30)) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = std::process::Command::new("kill")
-                .args(["-9", &pid])
-                .status();
-            panic!("fog connect ran over 30 s in {}", host.name());
-        }
-    }
+        ]),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What must happen between a dialer behind `a` and a server behind `b`.

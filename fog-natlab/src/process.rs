@@ -1,0 +1,72 @@
+//! Child processes for tests and benches: killed when dropped, waited for with bounds.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// A child process that is killed and reaped when dropped, so a failing test leaves nothing
+/// running.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns `command` with stdout piped (stderr discarded) and waits at most `timeout` for a
+/// stdout line that starts with `prefix`; returns the guard and the rest of that line. The rest
+/// of stdout keeps being read, so the child never writes into a closed pipe.
+pub fn spawn_until_line(
+    command: &mut Command,
+    prefix: &str,
+    timeout: Duration,
+) -> Result<(ChildGuard, String), String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let guard = ChildGuard(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let wanted = prefix.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(&wanted) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let line = rx.recv_timeout(timeout).map_err(|_| {
+        format!("{command:?} printed no line starting with {prefix:?} within {timeout:?}")
+    })?;
+    Ok((guard, line))
+}
+
+/// Runs `command` to completion with stdout and stderr captured; kills it when it runs over
+/// `timeout`.
+pub fn output_within(command: &mut Command, timeout: Duration) -> Result<Output, String> {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(output) => output.map_err(|e| format!("waiting for {command:?}: {e}")),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of our own child, which has not been reaped yet
+            // (wait_with_output has not returned).
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+            Err(format!("{command:?} ran over {timeout:?}"))
+        }
+    }
+}
