@@ -130,7 +130,8 @@ fn the_same_with_25_ms_delay_and_2_percent_loss_on_every_access_link() {
     });
 }
 
-fn run_matrix(access: Link) {
+/// A lab whose server host (203.0.113.9 and .10) runs `fog server` with RFC 5780 STUN.
+fn lab_with_fog_server() -> (Lab, ChildGuard) {
     let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
     let server = lab
         .server(&[
@@ -138,7 +139,7 @@ fn run_matrix(access: Link) {
             Ipv4Addr::new(203, 0, 113, 10),
         ])
         .unwrap();
-    let _fog_server = start(
+    let fog_server = start(
         &server,
         &[
             "server",
@@ -151,6 +152,11 @@ fn run_matrix(access: Link) {
         ],
         "fog signal server on",
     );
+    (lab, fog_server)
+}
+
+fn run_matrix(access: Link) {
+    let (mut lab, _fog_server) = lab_with_fog_server();
     let mut pairs = Vec::new();
     for a in BEHAVIOURS {
         for b in BEHAVIOURS {
@@ -206,26 +212,7 @@ fn run_matrix(access: Link) {
 
 #[test]
 fn two_hosts_behind_one_nat_connect_over_their_lan() {
-    let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
-    let server = lab
-        .server(&[
-            Ipv4Addr::new(203, 0, 113, 9),
-            Ipv4Addr::new(203, 0, 113, 10),
-        ])
-        .unwrap();
-    let _fog_server = start(
-        &server,
-        &[
-            "server",
-            "--signal",
-            "203.0.113.9:7600",
-            "--stun",
-            "203.0.113.9:3478",
-            "--stun-alt",
-            "203.0.113.10:3479",
-        ],
-        "fog signal server on",
-    );
+    let (mut lab, _fog_server) = lab_with_fog_server();
     for nat in [
         NatBehaviour::PortRestrictedCone,
         NatBehaviour::SymmetricRandom,
