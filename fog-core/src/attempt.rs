@@ -154,6 +154,19 @@ impl Candidate {
     }
 }
 
+/// The public IP among `candidates`: that of the first server-reflexive one.
+pub fn public_ip(candidates: &[Candidate]) -> Option<std::net::IpAddr> {
+    candidates
+        .iter()
+        .find(|c| c.kind == CandidateKind::Srflx)
+        .map(|c| c.addr.ip())
+}
+
+/// Addresses a peer can only reach on this host or its LAN: loopback, private, link-local.
+pub fn is_local_only(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || is_private(&ip)
+}
+
 fn is_private(ip: &std::net::IpAddr) -> bool {
     match ip {
         std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use fog_core::attempt::{is_local_only, public_ip};
 use fog_core::{
     Attempt, BoxError, Candidate, CandidateKind, CheckEvent, ConnectError, Connection, Event,
     PathKind, PathSocket, Prober, SelectedPath, Strategy,
@@ -56,13 +57,8 @@ pub const MAX_REMOTE_CANDIDATES: usize = 16;
 /// - When both sides offer predicted ports (two sequential NATs), only those are checked: the
 ///   k-th check of each side then leaves from the port the other predicted as its k-th.
 pub fn select_targets(local: &[Candidate], remote: &[Candidate]) -> Vec<Candidate> {
-    let public = |cands: &[Candidate]| {
-        cands
-            .iter()
-            .find(|c| c.kind == CandidateKind::Srflx)
-            .map(|c| c.addr.ip())
-    };
-    let different_nats = matches!((public(local), public(remote)), (Some(a), Some(b)) if a != b);
+    let different_nats =
+        matches!((public_ip(local), public_ip(remote)), (Some(a), Some(b)) if a != b);
     let predicted = |cands: &[Candidate]| cands.iter().any(|c| c.kind == CandidateKind::Predicted);
     let both_predict = predicted(local) && predicted(remote);
     remote
@@ -75,13 +71,6 @@ pub fn select_targets(local: &[Candidate], remote: &[Candidate]) -> Vec<Candidat
             !(different_nats && c.kind == CandidateKind::Host && is_local_only(c.addr.ip()))
         })
         .collect()
-}
-
-fn is_local_only(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
-        std::net::IpAddr::V6(v6) => v6.is_loopback() || (v6.segments()[0] & 0xfe00) == 0xfc00,
-    }
 }
 
 /// What the punch loop should do next.

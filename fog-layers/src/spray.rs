@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fog_core::{Attempt, CandidateKind, CheckEvent, Prober, SessionKeys};
+use fog_core::{Attempt, CheckEvent, Prober, SessionKeys};
 use rand::seq::SliceRandom;
 use tokio::sync::mpsc;
 
@@ -44,13 +44,7 @@ pub enum SprayRole {
 
 /// The peer's public IP, from its server-reflexive candidate.
 pub fn peer_public_ip(attempt: &Attempt) -> Option<IpAddr> {
-    attempt
-        .remote
-        .as_ref()?
-        .candidates
-        .iter()
-        .find(|c| c.kind == CandidateKind::Srflx)
-        .map(|c| c.addr.ip())
+    fog_core::attempt::public_ip(&attempt.remote.as_ref()?.candidates)
 }
 
 /// The running spray of one attempt.

@@ -3,8 +3,8 @@
 use std::task::{Context, Poll};
 
 use fog_core::{
-    Attempt, BoxError, Candidate, CandidateKind, ConnectError, Connection, NatProfile, NatType,
-    PortAllocation, Strategy,
+    Attempt, BoxError, Candidate, ConnectError, Connection, NatProfile, NatType, PortAllocation,
+    Strategy,
 };
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
@@ -77,13 +77,8 @@ pub fn plan(a: NatClass, b: NatClass) -> Strategy {
 
 /// True when both sides have the same public (server-reflexive) IP: they share a NAT.
 pub fn behind_the_same_nat(local: &[Candidate], remote: &[Candidate]) -> bool {
-    let public = |cands: &[Candidate]| {
-        cands
-            .iter()
-            .find(|c| c.kind == CandidateKind::Srflx)
-            .map(|c| c.addr.ip())
-    };
-    matches!((public(local), public(remote)), (Some(a), Some(b)) if a == b)
+    use fog_core::attempt::public_ip;
+    matches!((public_ip(local), public_ip(remote)), (Some(a), Some(b)) if a == b)
 }
 
 /// Sets `attempt.strategy` from the two NAT profiles, and ends the attempt at once with

@@ -25,6 +25,8 @@ use crate::tls;
 
 /// How long a responder waits for the dialer's QUIC handshake after its own checks succeeded.
 const RESPONDER_WAIT: Duration = Duration::from_secs(10);
+/// Most handshakes kept for attempts that have not reached the transport yet.
+const MAX_EARLY_ARRIVALS: usize = 64;
 /// How long a handshake that arrived before its attempt is kept for it.
 const EARLY_ARRIVAL_TTL: Duration = Duration::from_secs(10);
 
@@ -47,8 +49,15 @@ impl Rendezvous {
                     conn.close(2u32.into(), b"attempt gone");
                 }
             }
-            None => {
+            // Handshakes that name no waiting attempt are kept briefly (the attempt may be a
+            // moment behind), but not without bound: a stranger could send any number.
+            None if self.arrived.len() < MAX_EARLY_ARRIVALS => {
                 self.arrived.insert(session, (now, delivery));
+            }
+            None => {
+                if let Ok(conn) = delivery {
+                    conn.close(2u32.into(), b"no such attempt");
+                }
             }
         }
     }
