@@ -337,6 +337,8 @@ pub struct RemoteInfo {
     pub nat: Option<NatProfile>,
     /// The protocols it accepts.
     pub protocols: Vec<Protocol>,
+    /// It trickles more candidates after its offer or answer.
+    pub trickle: bool,
 }
 
 /// Session keys of one attempt: an id and a secret that both peers learn through the signal
@@ -405,6 +407,11 @@ pub struct Attempt {
     pub strategy: Option<Strategy>,
     /// Relay paths (relay layer).
     pub relay_paths: Vec<RelayPath>,
+    /// Local candidates still being looked up (trickle): the signal layer sends each one's
+    /// result to the peer when it is in.
+    pub local_gathering: Vec<crate::trickle::Gathering>,
+    /// The peer's candidates that arrive after its offer or answer (signal layer).
+    pub remote_trickle: Option<crate::trickle::RemoteTrickle>,
     /// The chosen path (punch layer or relay layer).
     pub path: Option<SelectedPath>,
     /// The socket the path leaves from, when it is not the node's main socket (birthday
@@ -434,6 +441,8 @@ impl Attempt {
             remote: None,
             strategy: None,
             relay_paths: Vec::new(),
+            local_gathering: Vec::new(),
+            remote_trickle: None,
             path: None,
             path_socket: None,
             protocol: None,
@@ -465,6 +474,24 @@ impl Attempt {
             (None, PeerRef::Id(id)) => Some(*id),
             (None, PeerRef::Name(_)) => None,
         }
+    }
+
+    /// This side's public IP: from a server-reflexive candidate, else from the NAT probe.
+    pub fn local_public_ip(&self) -> Option<std::net::IpAddr> {
+        public_ip(&self.local_candidates)
+            .or_else(|| self.local_nat.as_ref()?.public.map(|a| a.ip()))
+    }
+
+    /// The peer's public IP: from its server-reflexive candidates (offered or trickled), else
+    /// from the NAT profile it sent.
+    pub fn remote_public_ip(&self) -> Option<std::net::IpAddr> {
+        let remote = self.remote.as_ref()?;
+        public_ip(&remote.candidates)
+            .or_else(|| {
+                let trickled = self.remote_trickle.as_ref()?.current();
+                public_ip(&trickled.candidates)
+            })
+            .or_else(|| remote.nat.as_ref()?.public.map(|a| a.ip()))
     }
 
     /// Reports `event` to subscribers.

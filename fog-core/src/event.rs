@@ -71,6 +71,18 @@ pub enum Event {
         /// Direct or relayed.
         kind: PathKind,
     },
+    /// A better path replaced the one in use (lower RTT, or the LAN), or a relay replaced a
+    /// dead direct path; open streams carry on.
+    PathChanged {
+        /// The remote address before.
+        from: SocketAddr,
+        /// The remote address now.
+        to: SocketAddr,
+        /// Direct or relayed, now.
+        kind: PathKind,
+        /// Round trip of the check that chose it.
+        rtt: Duration,
+    },
     /// The transport protocol both sides agreed on.
     ProtocolSelected {
         /// The protocol.

@@ -22,6 +22,7 @@ pub mod nat;
 pub mod probe;
 pub mod signal;
 pub mod stun;
+pub mod trickle;
 
 pub use attempt::{
     Attempt, Candidate, CandidateKind, NatProfile, PathKind, PathSocket, PeerRef, Protocol,
@@ -37,3 +38,4 @@ pub use identity::{Identity, IdentityError, PeerId};
 pub use nat::{Filtering, Mapping, NatType, PortAllocation};
 pub use probe::{CheckEvent, CheckReply, Prober};
 pub use signal::{AnswerFrom, SessionDescription, Signaller};
+pub use trickle::{CandidateList, Gathering, RemoteTrickle};

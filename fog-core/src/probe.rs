@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use crate::attempt::SessionKeys;
+use crate::identity::PeerId;
 
 /// A valid reply to one of our checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,23 @@ pub trait Prober: Send + Sync + 'static {
     fn spray_sockets(&self, count: usize) -> BoxFuture<'_, Vec<Arc<dyn Prober>>> {
         let _ = count;
         Box::pin(async { Vec::new() })
+    }
+
+    /// Says that `session`'s checks are with `peer`: every address a valid check of the session
+    /// comes from or is answered from then leads to the peer's route (see
+    /// [`route_to`](Self::route_to)), so that the transport sees one address for the peer from
+    /// its first packet on, whichever pair it arrives over. Call after [`watch`](Self::watch).
+    fn expect_peer(&self, session: &SessionKeys, peer: &PeerId) {
+        let _ = (session, peer);
+    }
+
+    /// Sends what a transport on this socket sends to `peer` to `remote` from now on, and
+    /// returns the stable address the transport uses for the peer while the path under it
+    /// changes (a better pair, a relay). `None` when this prober does not route: the transport
+    /// then uses `remote` itself and the path cannot change under it.
+    fn route_to(&self, peer: &PeerId, remote: SocketAddr) -> Option<SocketAddr> {
+        let _ = (peer, remote);
+        None
     }
 
     /// The prober as `Any`, so that a transport can take over the socket it wraps.

@@ -40,6 +40,9 @@ pub struct SessionDescription {
     /// NAT profile, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<NatProfile>,
+    /// More candidates follow in `candidates` messages, the last one marked `done`.
+    #[serde(default)]
+    pub trickle: bool,
 }
 
 /// Error codes the server sends.
@@ -114,6 +117,19 @@ pub enum ClientMessage {
         /// Why.
         reason: String,
     },
+    /// Candidates found after the offer or answer went out (trickle), for the other peer of
+    /// an offered session.
+    Candidates {
+        /// The other peer (id or name, as in the offer).
+        to: String,
+        /// Session id, hex.
+        session: String,
+        /// The new candidates.
+        candidates: Vec<Candidate>,
+        /// Nothing more will follow.
+        #[serde(default)]
+        done: bool,
+    },
 }
 
 /// Messages from the server to a node.
@@ -178,6 +194,17 @@ pub enum ServerMessage {
         /// Why.
         reason: String,
     },
+    /// The other peer's trickled candidates.
+    Candidates {
+        /// The sending peer, as the server verified it.
+        from: PeerId,
+        /// Session id.
+        session: String,
+        /// The new candidates.
+        candidates: Vec<Candidate>,
+        /// Nothing more will follow.
+        done: bool,
+    },
     /// A request failed.
     Error {
         /// What failed.
@@ -222,6 +249,30 @@ pub trait Signaller: Send + Sync + 'static {
         session: SessionKeys,
         body: SessionDescription,
     ) -> BoxFuture<'static, Result<(), ConnectError>>;
+
+    /// Sends candidates found after the offer or answer to the other peer of `session`
+    /// (`done` when no more follow). A signaller without trickle support drops them, and
+    /// [`subscribe_candidates`](Self::subscribe_candidates) says so to the other side.
+    fn trickle(
+        &self,
+        to: PeerRef,
+        session: SessionKeys,
+        candidates: Vec<Candidate>,
+        done: bool,
+    ) -> BoxFuture<'static, Result<(), ConnectError>> {
+        let _ = (to, session, candidates, done);
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The other peer's trickled candidates for `session`, from before this call on; `None`
+    /// when this signaller cannot receive them.
+    fn subscribe_candidates(
+        &self,
+        session: &SessionKeys,
+    ) -> Option<tokio::sync::watch::Receiver<crate::trickle::CandidateList>> {
+        let _ = session;
+        None
+    }
 }
 
 #[cfg(test)]

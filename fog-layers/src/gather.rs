@@ -4,9 +4,10 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use fog_core::{Attempt, BoxError, Candidate, Connection, Event, Prober};
+use fog_core::{Attempt, BoxError, Candidate, Connection, Event, Gathering, Prober};
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
+use tracing::Instrument;
 
 use crate::future::{take_inner, ResponseFuture};
 
@@ -108,18 +109,8 @@ where
         let reflexive = self.reflexive.clone();
         ResponseFuture::new(async move {
             let span = tracing::debug_span!("gather", local = %local);
-            let mut found =
+            let found =
                 span.in_scope(|| host_candidates(&interface_addresses(local), local.port()));
-            if let Some((prober, servers)) = reflexive {
-                for server in servers.iter().filter(|s| s.is_ipv4() == local.is_ipv4()) {
-                    if let Some(public) = prober.server_reflexive(*server).await {
-                        if !found.iter().any(|c| c.addr == public) {
-                            found.push(Candidate::srflx(public));
-                        }
-                        break;
-                    }
-                }
-            }
             for candidate in found {
                 if !attempt
                     .local_candidates
@@ -129,6 +120,29 @@ where
                     attempt.emit(Event::CandidateGathered { candidate });
                     attempt.local_candidates.push(candidate);
                 }
+            }
+            if let Some((prober, servers)) = reflexive {
+                // The STUN round trip runs in the background; the signal layer trickles its
+                // result to the peer.
+                let events = attempt.events.clone();
+                let known: Vec<SocketAddr> =
+                    attempt.local_candidates.iter().map(|c| c.addr).collect();
+                let lookup = async move {
+                    for server in servers.iter().filter(|s| s.is_ipv4() == local.is_ipv4()) {
+                        if let Some(public) = prober.server_reflexive(*server).await {
+                            if known.contains(&public) {
+                                return Vec::new();
+                            }
+                            let candidate = Candidate::srflx(public);
+                            events.emit(Event::CandidateGathered { candidate });
+                            return vec![candidate];
+                        }
+                    }
+                    Vec::new()
+                };
+                attempt
+                    .local_gathering
+                    .push(Gathering::spawn("srflx", lookup.instrument(span)));
             }
             inner.oneshot(attempt).await.map_err(Into::into)
         })

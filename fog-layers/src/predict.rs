@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use fog_core::{
-    Attempt, BoxError, Candidate, CandidateKind, Connection, Event, NatProfile, PortAllocation,
+    Attempt, BoxError, Candidate, CandidateKind, Connection, Event, Gathering, NatProfile,
+    PortAllocation,
 };
 use tower::{Service, ServiceExt};
 use tower_layer::Layer;
@@ -112,15 +113,28 @@ where
         ResponseFuture::new(async move {
             if let Some(delta) = sequential_delta(attempt.local_nat.as_ref()) {
                 use tracing::Instrument;
-                let observed = observe(&stun)
-                    .instrument(tracing::debug_span!("port_predict", delta))
-                    .await;
-                if let Some(observed) = observed {
-                    for candidate in predict(observed, delta) {
-                        attempt.emit(Event::CandidateGathered { candidate });
-                        attempt.local_candidates.push(candidate);
+                // After the lookups before it: the server-reflexive lookup opens a mapping of
+                // its own, and the counter must be read after it, or every prediction is one
+                // port off.
+                let earlier = attempt.local_gathering.clone();
+                let events = attempt.events.clone();
+                let lookup = async move {
+                    fog_core::trickle::gathered(&earlier).await;
+                    let Some(observed) = observe(&stun).await else {
+                        return Vec::new();
+                    };
+                    let predicted = predict(observed, delta);
+                    for candidate in &predicted {
+                        events.emit(Event::CandidateGathered {
+                            candidate: *candidate,
+                        });
                     }
-                }
+                    predicted
+                };
+                attempt.local_gathering.push(Gathering::spawn(
+                    "predicted",
+                    lookup.instrument(tracing::debug_span!("port_predict", delta)),
+                ));
             }
             inner.oneshot(attempt).await.map_err(Into::into)
         })

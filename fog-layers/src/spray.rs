@@ -42,9 +42,9 @@ pub enum SprayRole {
     Ports(IpAddr),
 }
 
-/// The peer's public IP, from its server-reflexive candidate.
+/// The peer's public IP, from its server-reflexive candidate or its NAT profile.
 pub fn peer_public_ip(attempt: &Attempt) -> Option<IpAddr> {
-    fog_core::attempt::public_ip(&attempt.remote.as_ref()?.candidates)
+    attempt.remote_public_ip()
 }
 
 /// The running spray of one attempt.

@@ -67,6 +67,7 @@ impl Signaller for FakeSignaller {
                     candidates: vec![Candidate::host("10.9.9.9:9".parse().unwrap())],
                     protocols: vec![Protocol::Quic],
                     nat: None,
+                    trickle: false,
                 },
             })
         })
@@ -169,6 +170,7 @@ async fn a_responder_answers_without_the_secret() {
         candidates: vec![],
         nat: None,
         protocols: vec![Protocol::Quic],
+        trickle: false,
     };
     let attempt = Attempt::respond(
         Identity::generate().peer_id(),
@@ -310,6 +312,7 @@ fn attempt_with_remote(candidates: &[(&str, CandidateKind, u32)]) -> Attempt {
             .collect(),
         nat: None,
         protocols: vec![Protocol::Quic],
+        trickle: false,
     });
     attempt
 }

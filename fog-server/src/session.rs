@@ -309,5 +309,50 @@ fn route(state: &State, from: PeerId, message: ClientMessage) -> Option<ServerMe
                 .err()
                 .map(|e| route_error(e, Some(session)))
         }
+        ClientMessage::Candidates {
+            to,
+            session,
+            candidates,
+            done,
+        } => {
+            if !valid_session(&session) {
+                return Some(error(
+                    ErrorCode::BadMessage,
+                    "session must be 32 hex characters",
+                ));
+            }
+            if candidates.len() > fog_core::trickle::MAX_TRICKLED {
+                return Some(error(
+                    ErrorCode::BadMessage,
+                    format!(
+                        "at most {} candidates per message",
+                        fog_core::trickle::MAX_TRICKLED
+                    ),
+                ));
+            }
+            let target: PeerRef = match to.parse() {
+                Ok(target) => target,
+                Err(e) => return Some(route_error_of(ErrorCode::PeerUnknown, e, &session)),
+            };
+            let message = ServerMessage::Candidates {
+                from,
+                session: session.clone(),
+                candidates,
+                done,
+            };
+            state
+                .trickle(from, &target, &session, message)
+                .err()
+                .map(|e| route_error(e, Some(session)))
+        }
+    }
+}
+
+fn route_error_of(code: ErrorCode, message: String, session: &str) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message,
+        id: None,
+        session: Some(session.to_string()),
     }
 }

@@ -23,6 +23,8 @@ struct OpenOffer {
     offerer: PeerId,
     target: PeerId,
     at: Instant,
+    /// Answered: no second reply, but trickled candidates still flow until the TTL.
+    answered: bool,
 }
 
 #[derive(Default)]
@@ -152,6 +154,7 @@ impl State {
                 offerer: from,
                 target: to,
                 at: now,
+                answered: false,
             },
         );
         Ok(())
@@ -167,18 +170,53 @@ impl State {
         message: ServerMessage,
     ) -> Result<(), RouteError> {
         let mut tables = self.tables();
-        let open = tables
-            .offers
-            .get(session)
-            .is_some_and(|o| o.offerer == to && o.target == from && o.at.elapsed() < OFFER_TTL);
+        let open = tables.offers.get(session).is_some_and(|o| {
+            o.offerer == to && o.target == from && !o.answered && o.at.elapsed() < OFFER_TTL
+        });
         if !open {
             return Err(RouteError {
                 code: ErrorCode::BadMessage,
                 message: format!("no open offer {session} from {to} to you"),
             });
         }
-        tables.offers.remove(session);
+        let accepted = matches!(message, ServerMessage::Answer { .. });
+        if accepted {
+            if let Some(offer) = tables.offers.get_mut(session) {
+                offer.answered = true;
+            }
+        } else {
+            tables.offers.remove(session);
+        }
         Self::deliver(&tables, &PeerRef::Id(to), message).map(|_| ())
+    }
+
+    /// Forwards `from`'s trickled candidates to the other peer of the offered `session`; only
+    /// the two peers of a live offer may send them to each other.
+    pub(crate) fn trickle(
+        &self,
+        from: PeerId,
+        to: &PeerRef,
+        session: &str,
+        message: ServerMessage,
+    ) -> Result<(), RouteError> {
+        let tables = self.tables();
+        let to_id = match to {
+            PeerRef::Id(id) => Some(*id),
+            PeerRef::Name(name) => tables.names.get(name).copied(),
+        };
+        let member = tables.offers.get(session).is_some_and(|o| {
+            o.at.elapsed() < OFFER_TTL
+                && to_id.is_some_and(|to| {
+                    (o.offerer == from && o.target == to) || (o.offerer == to && o.target == from)
+                })
+        });
+        if !member {
+            return Err(RouteError {
+                code: ErrorCode::BadMessage,
+                message: format!("no offer {session} between you and {to}"),
+            });
+        }
+        Self::deliver(&tables, to, message).map(|_| ())
     }
 
     /// Delivers `message` to `target` (a peer id or name) and returns its peer id.

@@ -819,3 +819,97 @@ async fn only_the_peer_an_offer_went_to_may_answer_it_and_only_once() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn trickled_candidates_flow_only_between_the_two_peers_of_an_offer() {
+    bounded(async {
+        let server = server().await;
+        let url = server.url();
+        let (alice, bob, mallory) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let mut a = Client::registered(&url, &alice, Some("alice-t")).await;
+        let mut b = Client::registered(&url, &bob, Some("bob-t")).await;
+        let mut m = Client::registered(&url, &mallory, None).await;
+        let srflx = |port| fog_core::Candidate::srflx(([203, 0, 113, 7], port).into());
+        let trickle = |to: &str, session: String, port, done| ClientMessage::Candidates {
+            to: to.to_string(),
+            session,
+            candidates: vec![srflx(port)],
+            done,
+        };
+
+        // Before any offer there is no session to trickle into.
+        a.send(&trickle("bob-t", session(30), 1, false)).await;
+        a.expect_error(ErrorCode::BadMessage).await;
+
+        a.offer("bob-t", &session(30)).await;
+        assert!(matches!(b.recv().await, ServerMessage::Offer { .. }));
+        // The offerer trickles by name before the answer; the server stamps the sender.
+        a.send(&trickle("bob-t", session(30), 2, false)).await;
+        match b.recv().await {
+            ServerMessage::Candidates {
+                from,
+                session: s,
+                candidates,
+                done,
+            } => {
+                assert_eq!(from, alice.peer_id());
+                assert_eq!(s, session(30));
+                assert_eq!(candidates, vec![srflx(2)]);
+                assert!(!done);
+            }
+            other => panic!("expected candidates, got {other:?}"),
+        }
+        // The answerer trickles back after answering, and says it is done.
+        b.send(&ClientMessage::Answer {
+            to: alice.peer_id(),
+            session: session(30),
+            body: SessionDescription::default(),
+        })
+        .await;
+        assert!(matches!(a.recv().await, ServerMessage::Answer { .. }));
+        b.send(&trickle(&alice.peer_id().to_string(), session(30), 3, true))
+            .await;
+        match a.recv().await {
+            ServerMessage::Candidates { from, done, .. } => {
+                assert_eq!(from, bob.peer_id());
+                assert!(done);
+            }
+            other => panic!("expected candidates, got {other:?}"),
+        }
+
+        // A third peer that knows the session cannot inject candidates into it, either way.
+        m.send(&trickle("bob-t", session(30), 4, false)).await;
+        m.expect_error(ErrorCode::BadMessage).await;
+        m.send(&trickle(
+            &alice.peer_id().to_string(),
+            session(30),
+            5,
+            false,
+        ))
+        .await;
+        m.expect_error(ErrorCode::BadMessage).await;
+
+        // Too many candidates in one message are refused.
+        a.send(&ClientMessage::Candidates {
+            to: "bob-t".into(),
+            session: session(30),
+            candidates: (0..100).map(srflx).collect(),
+            done: false,
+        })
+        .await;
+        a.expect_error(ErrorCode::BadMessage).await;
+
+        // Nothing of the refused messages reached alice or bob: the next thing each sees is
+        // this fresh offer.
+        b.offer("alice-t", &session(31)).await;
+        match a.recv().await {
+            ServerMessage::Offer { session: s, .. } => assert_eq!(s, session(31)),
+            other => panic!("expected the fresh offer, got {other:?}"),
+        }
+    })
+    .await;
+}

@@ -65,6 +65,7 @@ impl Rendezvous {
 
 struct Shared {
     endpoint: quinn::Endpoint,
+    socket: Arc<FogSocket>,
     identity: Identity,
     rendezvous: Arc<Mutex<Rendezvous>>,
 }
@@ -132,10 +133,11 @@ impl QuicTransport {
     /// runtime; the endpoint lives until the last clone is dropped or [`close`](Self::close).
     pub fn new(socket: Arc<FogSocket>, identity: Identity) -> Result<Self, BoxError> {
         let rendezvous = Arc::new(Mutex::new(Rendezvous::default()));
-        let endpoint = endpoint_on(socket, &identity, &rendezvous)?;
+        let endpoint = endpoint_on(socket.clone(), &identity, &rendezvous)?;
         Ok(QuicTransport {
             shared: Arc::new(Shared {
                 endpoint,
+                socket,
                 identity,
                 rendezvous,
             }),
@@ -298,7 +300,7 @@ impl Service<Attempt> for QuicTransport {
                 }
             }
             // A path found on one of the spraying sockets: QUIC runs on that socket.
-            let dedicated = match &attempt.path_socket {
+            let (dedicated, socket) = match &attempt.path_socket {
                 Some(PathSocket(prober)) => {
                     let spray =
                         prober
@@ -309,18 +311,19 @@ impl Service<Attempt> for QuicTransport {
                                 layer: "QuicTransport",
                                 needs: "a path socket made by FogSocket::spray_sockets",
                             })?;
-                    Some(endpoint_on(
-                        spray.adopt(),
-                        &shared.identity,
-                        &shared.rendezvous,
-                    )?)
+                    let socket = spray.adopt();
+                    let endpoint =
+                        endpoint_on(socket.clone(), &shared.identity, &shared.rendezvous)?;
+                    (Some(endpoint), socket)
                 }
-                None => None,
+                None => (None, shared.socket.clone()),
             };
             let session = attempt.session.id_hex();
             let conn = if opens_quic(&attempt) {
                 let endpoint = dedicated.clone().unwrap_or_else(|| shared.endpoint.clone());
-                Self::dial(shared, endpoint, peer, path.remote.addr, session).await?
+                // The peer's route when the punch layer made one: the path under it may change.
+                let remote = socket.route_of(&peer).unwrap_or(path.remote.addr);
+                Self::dial(shared, endpoint, peer, remote, session).await?
             } else {
                 Self::await_dialer(shared, peer, session).await?
             };
@@ -328,6 +331,7 @@ impl Service<Attempt> for QuicTransport {
                 Box::new(QuicConnection {
                     conn,
                     local: path.local,
+                    socket,
                     dedicated,
                 }),
                 ConnectionInfo::from_attempt(&attempt, peer, Protocol::Quic),
@@ -349,6 +353,8 @@ impl Service<Attempt> for QuicTransport {
 struct QuicConnection {
     conn: quinn::Connection,
     local: SocketAddr,
+    /// The socket under the connection, which knows where the peer's route points now.
+    socket: Arc<FogSocket>,
     /// The endpoint on the path's own socket (birthday spraying), closed with the connection.
     dedicated: Option<quinn::Endpoint>,
 }
@@ -390,7 +396,7 @@ impl TransportConnection for QuicConnection {
     }
 
     fn remote_addr(&self) -> SocketAddr {
-        self.conn.remote_address()
+        self.socket.real_addr(self.conn.remote_address())
     }
 
     fn local_addr(&self) -> SocketAddr {

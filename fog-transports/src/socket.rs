@@ -2,7 +2,8 @@
 //!
 //! Checks must leave from the very port the connection will use, or the NAT mapping they open is
 //! worthless; so QUIC runs on this socket through quinn's `AsyncUdpSocket`, and the socket takes
-//! the check packets out of the stream before quinn sees them.
+//! the check packets out of the stream before quinn sees them. It also keeps a route per peer,
+//! so that the path under a QUIC connection can change while the connection stays up.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,7 +15,7 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use fog_core::stun::Binding;
-use fog_core::{CheckEvent, CheckReply, Prober, SessionKeys};
+use fog_core::{CheckEvent, CheckReply, PeerId, Prober, SessionKeys};
 use futures_util::future::BoxFuture;
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
@@ -39,6 +40,8 @@ struct Session {
     events: Option<mpsc::UnboundedSender<CheckEvent>>,
     /// Where each request was first seen from: the same request from elsewhere is a replay.
     first_seen: HashMap<[u8; 12], SocketAddr>,
+    /// The peer on the other side, once known: addresses that pass checks join its route.
+    peer: Option<PeerId>,
 }
 
 /// Requests remembered per session for replay detection (a punch sends far fewer).
@@ -68,11 +71,96 @@ impl Checks {
     }
 }
 
+/// The peers' routes: QUIC talks to a stable stand-in address per peer, and the socket sends
+/// to whichever real address the route points at now. A better pair, or a relay, then takes
+/// over a connection without QUIC noticing; packets from any address the route ever used are
+/// handed to QUIC as coming from the stand-in.
+#[derive(Default)]
+struct Routes {
+    by_peer: HashMap<PeerId, SocketAddr>,
+    /// Stand-in address to the real address packets go to now.
+    current: HashMap<SocketAddr, SocketAddr>,
+    /// Every real address a route used, to its stand-in.
+    by_real: HashMap<SocketAddr, SocketAddr>,
+    allocated: u32,
+}
+
+/// Most real addresses remembered across all routes.
+const MAX_ROUTED_ADDRESSES: usize = 4096;
+
+impl Routes {
+    /// A fresh stand-in from 240.0.0.0/4, which is reserved and never routed, so it cannot be
+    /// confused with a real peer.
+    fn stand_in(&mut self) -> SocketAddr {
+        self.allocated += 1;
+        let n = self.allocated;
+        let ip = std::net::Ipv4Addr::new(
+            240 | ((n >> 24) as u8 & 0x0f),
+            (n >> 16) as u8,
+            (n >> 8) as u8,
+            n as u8,
+        );
+        SocketAddr::from((ip, 1))
+    }
+
+    /// `real` passed a check of `peer`'s: packets from it are the peer's. The route's current
+    /// address is set only when there is none yet.
+    fn learn(&mut self, peer: &PeerId, real: SocketAddr) {
+        let real = canonical(real);
+        let stand_in = self.stand_in_of(peer);
+        self.remember(real, stand_in);
+        self.current.entry(stand_in).or_insert(real);
+    }
+
+    fn stand_in_of(&mut self, peer: &PeerId) -> SocketAddr {
+        match self.by_peer.get(peer) {
+            Some(addr) => *addr,
+            None => {
+                let addr = self.stand_in();
+                self.by_peer.insert(*peer, addr);
+                addr
+            }
+        }
+    }
+
+    fn remember(&mut self, real: SocketAddr, stand_in: SocketAddr) {
+        if self.by_real.len() >= MAX_ROUTED_ADDRESSES {
+            // Keep the addresses routes use now; forget the old ones.
+            let live: std::collections::HashSet<SocketAddr> =
+                self.current.values().copied().collect();
+            self.by_real.retain(|real, _| live.contains(real));
+        }
+        self.by_real.insert(real, stand_in);
+    }
+
+    fn route(&mut self, peer: &PeerId, real: SocketAddr) -> SocketAddr {
+        let real = canonical(real);
+        let stand_in = self.stand_in_of(peer);
+        self.remember(real, stand_in);
+        self.current.insert(stand_in, real);
+        stand_in
+    }
+}
+
+/// IPv4-mapped IPv6 addresses as plain IPv4, so one peer has one key.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
 /// A UDP socket that answers connectivity checks itself and passes everything else to QUIC.
 pub struct FogSocket {
     io: tokio::net::UdpSocket,
     local: SocketAddr,
     checks: Mutex<Checks>,
+    routes: Mutex<Routes>,
+    /// Set once the first route exists, so sockets without routes skip the lock.
+    routing: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for FogSocket {
@@ -92,7 +180,66 @@ impl FogSocket {
             io,
             local,
             checks: Mutex::new(Checks::default()),
+            routes: Mutex::new(Routes::default()),
+            routing: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    fn learn_route(&self, peer: &PeerId, from: SocketAddr) {
+        self.routes().learn(peer, from);
+        self.routing
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, Routes> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn routing(&self) -> bool {
+        self.routing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The stand-in address a transport on this socket uses for `peer`, once a route exists.
+    pub fn route_of(&self, peer: &PeerId) -> Option<SocketAddr> {
+        if !self.routing() {
+            return None;
+        }
+        let stand_in = *self.routes().by_peer.get(peer)?;
+        Some(self.presented(stand_in))
+    }
+
+    /// The real address behind `addr` now: the route's current address for a stand-in, else
+    /// `addr` itself.
+    pub fn real_addr(&self, addr: SocketAddr) -> SocketAddr {
+        if !self.routing() {
+            return addr;
+        }
+        self.routes()
+            .current
+            .get(&canonical(addr))
+            .copied()
+            .unwrap_or(addr)
+    }
+
+    /// A stand-in in the address family quinn expects on this socket.
+    fn presented(&self, stand_in: SocketAddr) -> SocketAddr {
+        match (stand_in, self.local) {
+            (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+                SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
+            }
+            _ => stand_in,
+        }
+    }
+
+    /// What QUIC should see as the source of a datagram from `from`.
+    fn inbound(&self, from: SocketAddr) -> SocketAddr {
+        if !self.routing() {
+            return from;
+        }
+        match self.routes().by_real.get(&canonical(from)) {
+            Some(stand_in) => self.presented(*stand_in),
+            None => from,
+        }
     }
 
     /// The bound address (a wildcard address when bound to one).
@@ -135,6 +282,7 @@ impl FogSocket {
                     }
                     None => {}
                 }
+                let peer = session.peer;
                 let reply = check::encode(
                     CheckKind::Reply,
                     &packet.session,
@@ -145,6 +293,10 @@ impl FogSocket {
                 let _ = self.send_now(&reply, from);
                 if let Some(events) = &session.events {
                     let _ = events.send(CheckEvent::Received { from });
+                }
+                drop(checks);
+                if let Some(peer) = peer {
+                    self.learn_route(&peer, from);
                 }
             }
             CheckKind::Reply => {
@@ -164,7 +316,12 @@ impl FogSocket {
                 if let Some(events) = &session.events {
                     let _ = events.send(CheckEvent::Answered(CheckReply { remote: from, rtt }));
                 }
+                let peer = session.peer;
                 checks.pending.remove(&packet.txid);
+                drop(checks);
+                if let Some(peer) = peer {
+                    self.learn_route(&peer, from);
+                }
             }
         }
     }
@@ -173,6 +330,13 @@ impl FogSocket {
 impl Prober for FogSocket {
     fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn route_to(&self, peer: &PeerId, remote: SocketAddr) -> Option<SocketAddr> {
+        let stand_in = self.routes().route(peer, remote);
+        self.routing
+            .store(true, std::sync::atomic::Ordering::Release);
+        Some(self.presented(stand_in))
     }
 
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
@@ -209,9 +373,16 @@ impl Prober for FogSocket {
                 answer_until: now + ANSWER_TTL,
                 events: Some(tx),
                 first_seen: HashMap::new(),
+                peer: None,
             },
         );
         rx
+    }
+
+    fn expect_peer(&self, session: &SessionKeys, peer: &PeerId) {
+        if let Some(s) = self.checks().sessions.get_mut(&session.id) {
+            s.peer = Some(*peer);
+        }
     }
 
     fn server_reflexive(&self, stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>> {
@@ -342,6 +513,14 @@ impl Prober for SpraySocket {
         self.socket.server_reflexive(stun)
     }
 
+    fn route_to(&self, peer: &PeerId, remote: SocketAddr) -> Option<SocketAddr> {
+        self.socket.route_to(peer, remote)
+    }
+
+    fn expect_peer(&self, session: &SessionKeys, peer: &PeerId) {
+        self.socket.expect_peer(session, peer)
+    }
+
     fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
         self
     }
@@ -365,7 +544,13 @@ impl AsyncUdpSocket for FogSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        match self.io.try_send_to(transmit.contents, transmit.destination) {
+        let destination = match (self.real_addr(transmit.destination), self.local) {
+            (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+                SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
+            }
+            (real, _) => real,
+        };
+        match self.io.try_send_to(transmit.contents, destination) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
             // Like quinn's own socket: a send error is the network losing a packet.
@@ -405,7 +590,7 @@ impl AsyncUdpSocket for FogSocket {
                 continue;
             }
             meta[0] = RecvMeta {
-                addr: from,
+                addr: self.inbound(from),
                 len,
                 stride: len,
                 ..RecvMeta::default()

@@ -56,6 +56,7 @@ fn respond(me: &Side, from: PeerId, dialer: &Side, session: SessionKeys) -> Atte
         candidates: vec![Candidate::host(dialer.socket.local_addr())],
         nat: None,
         protocols: vec![fog_core::Protocol::Quic],
+        trickle: false,
     };
     let mut attempt = Attempt::respond(me.identity.peer_id(), session, remote, EventBus::new());
     attempt.path = path(me.socket.local_addr(), dialer.socket.local_addr());

@@ -449,6 +449,15 @@ fn describe_event(event: &Event) -> String {
             )
         }
         Event::PathSelected { remote, kind } => format!("path {kind} to {remote}"),
+        Event::PathChanged {
+            from,
+            to,
+            kind,
+            rtt,
+        } => format!(
+            "path moved from {from} to {to} ({kind}, check rtt {:.2} ms)",
+            rtt.as_secs_f64() * 1e3
+        ),
         Event::ProtocolSelected { protocol } => format!("protocol {protocol}"),
         Event::Connected { peer, remote, .. } => {
             format!("connected to {} at {remote}", peer.short())

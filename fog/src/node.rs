@@ -436,6 +436,7 @@ async fn answer_offers(
             candidates: offer.body.candidates,
             nat: offer.body.nat,
             protocols: offer.body.protocols,
+            trickle: offer.body.trickle,
         };
         let mut attempt = Attempt::respond(
             inner.identity.peer_id(),

@@ -3,16 +3,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fog_core::signal::{registration_message, ClientMessage, ErrorCode, ServerMessage};
 use fog_core::{
-    AnswerFrom, ConnectError, Event, EventBus, Identity, PeerId, PeerRef, SessionDescription,
-    SessionKeys, Signaller,
+    AnswerFrom, Candidate, CandidateList, ConnectError, Event, EventBus, Identity, PeerId, PeerRef,
+    SessionDescription, SessionKeys, Signaller,
 };
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long to wait for the signal server to accept the WebSocket and the registration.
@@ -46,10 +46,51 @@ pub struct Registration {
     pub relays: Vec<String>,
 }
 
+/// How long trickled candidates of a session are kept for an attempt to pick up.
+const TRICKLE_TTL: Duration = Duration::from_secs(60);
+/// Most sessions with trickled candidates kept at once.
+const MAX_TRICKLE_SESSIONS: usize = 256;
+
+/// The trickled candidates of one session, kept from the first message (which may arrive
+/// before the attempt that wants them subscribes).
+struct TrickleEntry {
+    tx: watch::Sender<CandidateList>,
+    /// The peer that sent the first; others are ignored.
+    from: Option<PeerId>,
+    at: Instant,
+}
+
 #[derive(Default)]
 struct Pending {
     answers: HashMap<String, oneshot::Sender<Result<AnswerFrom, ConnectError>>>,
+    trickles: HashMap<String, TrickleEntry>,
     closed: Option<String>,
+}
+
+impl Pending {
+    fn trickle_entry(&mut self, session: &str) -> &mut TrickleEntry {
+        if !self.trickles.contains_key(session) && self.trickles.len() >= MAX_TRICKLE_SESSIONS {
+            self.trickles
+                .retain(|_, e| e.at.elapsed() < TRICKLE_TTL && e.tx.receiver_count() > 0);
+            if self.trickles.len() >= MAX_TRICKLE_SESSIONS {
+                if let Some(oldest) = self
+                    .trickles
+                    .iter()
+                    .min_by_key(|(_, e)| e.at)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.trickles.remove(&oldest);
+                }
+            }
+        }
+        self.trickles
+            .entry(session.to_string())
+            .or_insert_with(|| TrickleEntry {
+                tx: watch::channel(CandidateList::default()).0,
+                from: None,
+                at: Instant::now(),
+            })
+    }
 }
 
 struct Inner {
@@ -294,6 +335,21 @@ impl Inner {
             ServerMessage::Error { code, message, .. } => {
                 tracing::warn!(?code, %message, "signal server error");
             }
+            ServerMessage::Candidates {
+                from,
+                session,
+                candidates,
+                done,
+            } => {
+                let mut pending = self.pending();
+                let entry = pending.trickle_entry(&session);
+                if *entry.from.get_or_insert(from) != from {
+                    return;
+                }
+                entry
+                    .tx
+                    .send_if_modified(|list| list.extend(&candidates, done));
+            }
             ServerMessage::Challenge { .. }
             | ServerMessage::Registered { .. }
             | ServerMessage::Resolved { .. } => {}
@@ -316,28 +372,36 @@ impl Signaller for SignalClient {
         session: SessionKeys,
         body: SessionDescription,
     ) -> BoxFuture<'static, Result<AnswerFrom, ConnectError>> {
+        // Queued at once, not when first polled: trickled candidates sent after this call
+        // must reach the server after the offer.
         let inner = self.inner.clone();
-        Box::pin(async move {
-            let session_hex = session.id_hex();
-            let (tx, rx) = oneshot::channel();
-            {
-                let mut pending = inner.pending();
-                if let Some(reason) = &pending.closed {
-                    return Err(ConnectError::SignalUnreachable(reason.clone()));
+        let session_hex = session.id_hex();
+        let (tx, rx) = oneshot::channel();
+        let queued = {
+            let mut pending = inner.pending();
+            match &pending.closed {
+                Some(reason) => Err(ConnectError::SignalUnreachable(reason.clone())),
+                None => {
+                    pending.answers.insert(session_hex.clone(), tx);
+                    Ok(())
                 }
-                pending.answers.insert(session_hex.clone(), tx);
             }
-            let sent = inner.out.send(ClientMessage::Offer {
-                to: target.to_string(),
-                session: session_hex.clone(),
-                body,
-            });
-            if sent.is_err() {
-                inner.pending().answers.remove(&session_hex);
-                return Err(ConnectError::SignalUnreachable(
-                    "signal connection closed".into(),
-                ));
-            }
+        }
+        .and_then(|()| {
+            inner
+                .out
+                .send(ClientMessage::Offer {
+                    to: target.to_string(),
+                    session: session_hex.clone(),
+                    body,
+                })
+                .map_err(|_| {
+                    inner.pending().answers.remove(&session_hex);
+                    ConnectError::SignalUnreachable("signal connection closed".into())
+                })
+        });
+        Box::pin(async move {
+            queued?;
             match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(ConnectError::Shutdown),
@@ -365,5 +429,31 @@ impl Signaller for SignalClient {
         Box::pin(async move {
             sent.map_err(|_| ConnectError::SignalUnreachable("signal connection closed".into()))
         })
+    }
+
+    fn trickle(
+        &self,
+        to: PeerRef,
+        session: SessionKeys,
+        candidates: Vec<Candidate>,
+        done: bool,
+    ) -> BoxFuture<'static, Result<(), ConnectError>> {
+        let sent = self.inner.out.send(ClientMessage::Candidates {
+            to: to.to_string(),
+            session: session.id_hex(),
+            candidates,
+            done,
+        });
+        Box::pin(async move {
+            sent.map_err(|_| ConnectError::SignalUnreachable("signal connection closed".into()))
+        })
+    }
+
+    fn subscribe_candidates(
+        &self,
+        session: &SessionKeys,
+    ) -> Option<watch::Receiver<CandidateList>> {
+        let mut pending = self.inner.pending();
+        Some(pending.trickle_entry(&session.id_hex()).tx.subscribe())
     }
 }

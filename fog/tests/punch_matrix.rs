@@ -158,8 +158,18 @@ fn lab_with_fog_server() -> (Lab, ChildGuard) {
 fn run_matrix(access: Link) {
     let (mut lab, _fog_server) = lab_with_fog_server();
     let mut pairs = Vec::new();
+    // FOG_MATRIX_PAIRS="full-cone x open,open x open" runs just those pairs (for debugging).
+    let only: Option<Vec<String>> = std::env::var("FOG_MATRIX_PAIRS")
+        .ok()
+        .map(|v| v.split(',').map(|p| p.trim().to_string()).collect());
     for a in BEHAVIOURS {
         for b in BEHAVIOURS {
+            if only
+                .as_ref()
+                .is_some_and(|only| !only.contains(&format!("{a} x {b}")))
+            {
+                continue;
+            }
             let ra = lab.router(a, Link::default()).unwrap();
             let dialer = lab.host(&ra, access).unwrap();
             let rb = lab.router(b, Link::default()).unwrap();

@@ -1,0 +1,116 @@
+//! Which working pair carries the connection: the sans-IO half of "a better pair found later
+//! replaces the first".
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fog_core::attempt::is_local_only;
+
+/// How much lower a new pair's round trip must be to take over: a quarter, and at least
+/// [`MIN_GAIN`], so that jitter does not move the connection back and forth.
+const GAIN_FRACTION: u32 = 4;
+/// Smallest round-trip gain worth a move.
+pub const MIN_GAIN: Duration = Duration::from_millis(2);
+
+/// The pair in use and the best round trip seen on every pair that answered.
+#[derive(Clone, Debug)]
+pub struct PathChoice {
+    current: SocketAddr,
+    best_rtt: HashMap<SocketAddr, Duration>,
+}
+
+impl PathChoice {
+    /// Starts with the first pair that answered.
+    pub fn new(first: SocketAddr, rtt: Duration) -> Self {
+        PathChoice {
+            current: first,
+            best_rtt: HashMap::from([(first, rtt)]),
+        }
+    }
+
+    /// The pair in use.
+    pub fn current(&self) -> SocketAddr {
+        self.current
+    }
+
+    /// The best round trip seen on `addr`.
+    pub fn rtt(&self, addr: SocketAddr) -> Option<Duration> {
+        self.best_rtt.get(&addr).copied()
+    }
+
+    /// A check to `addr` was answered after `rtt`. Returns true when the connection should
+    /// move there: the LAN beats any path through a NAT, and otherwise a clearly lower round
+    /// trip wins.
+    pub fn answered(&mut self, addr: SocketAddr, rtt: Duration) -> bool {
+        let best = self.best_rtt.entry(addr).or_insert(rtt);
+        *best = (*best).min(rtt);
+        let rtt = *best;
+        if addr == self.current {
+            return false;
+        }
+        let current_rtt = self.best_rtt[&self.current];
+        let lan = |a: SocketAddr| is_local_only(a.ip());
+        let better = match (lan(addr), lan(self.current)) {
+            (true, false) => true,
+            (false, true) => false,
+            _ => {
+                let gain = current_rtt.saturating_sub(rtt);
+                gain >= MIN_GAIN && gain >= current_rtt / GAIN_FRACTION
+            }
+        };
+        if better {
+            self.current = addr;
+        }
+        better
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_lan_replaces_a_public_path_and_is_kept() {
+        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(40));
+        assert!(choice.answered(addr("10.1.0.3:5000"), ms(45)));
+        assert_eq!(choice.current(), addr("10.1.0.3:5000"));
+        // A public path never displaces the LAN, however fast it looks.
+        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(1)));
+    }
+
+    #[test]
+    fn a_clearly_faster_pair_wins_and_jitter_does_not() {
+        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(100));
+        assert!(
+            !choice.answered(addr("198.51.100.9:7000"), ms(90)),
+            "10 % is jitter"
+        );
+        assert!(choice.answered(addr("198.51.100.9:7000"), ms(60)));
+        assert_eq!(choice.current(), addr("198.51.100.9:7000"));
+        // The old path's later samples are compared with the best seen on the new one.
+        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(55)));
+        assert_eq!(choice.rtt(addr("198.51.100.9:7000")), Some(ms(60)));
+    }
+
+    #[test]
+    fn tiny_gains_on_fast_paths_do_not_move_the_connection() {
+        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), Duration::from_micros(900));
+        assert!(!choice.answered(addr("198.51.100.9:7000"), Duration::from_micros(300)));
+    }
+
+    #[test]
+    fn answers_on_the_current_pair_only_update_its_round_trip() {
+        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(50));
+        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(30)));
+        assert_eq!(choice.rtt(addr("203.0.113.2:7000")), Some(ms(30)));
+    }
+}

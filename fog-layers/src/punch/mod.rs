@@ -1,0 +1,472 @@
+//! `PunchLayer`: authenticated connectivity checks over every candidate pair; the first pair
+//! that answers becomes the path, and a better one found later takes over.
+//!
+//! Both sides check at once, so the outgoing checks of each open the way for the other's (the
+//! seed of hole punching). The peer's candidates that trickle in join the rounds as they come.
+//! After the first answer the checks go on for a while in the background: when a pair on the
+//! LAN or with a clearly lower round trip answers ([`PathChoice`]), the socket's route to the
+//! peer moves there and the connection follows without noticing. The schedule and the choice
+//! are plain code; the layer only sends what they say and waits for replies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use fog_core::attempt::public_ip;
+use fog_core::trickle::gathered;
+use fog_core::{
+    Attempt, BoxError, Candidate, CandidateKind, CandidateList, CheckEvent, ConnectError,
+    Connection, Event, EventBus, PathKind, PathSocket, PeerId, Prober, RemoteTrickle, SelectedPath,
+    SessionKeys, Strategy,
+};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+mod choice;
+mod schedule;
+
+pub use choice::PathChoice;
+pub use schedule::{
+    select_targets, PunchAction, PunchSchedule, TargetFilter, MAX_REMOTE_CANDIDATES,
+};
+
+use crate::spray::{peer_public_ip, Spray, SprayRole, WAVE_INTERVAL};
+
+use crate::strategy::NatClass;
+use tower::{Service, ServiceExt};
+use tower_layer::Layer;
+
+use crate::future::{take_inner, ResponseFuture};
+
+/// Pace and patience of the checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PunchConfig {
+    /// Gap after the first round; it doubles each round up to `max_interval`.
+    pub first_interval: Duration,
+    /// Largest gap between rounds.
+    pub max_interval: Duration,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Default for PunchConfig {
+    fn default() -> Self {
+        PunchConfig {
+            first_interval: Duration::from_millis(20),
+            max_interval: Duration::from_millis(250),
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs connectivity checks through `prober` and selects the first pair that answers.
+#[derive(Clone)]
+pub struct PunchLayer {
+    prober: Arc<dyn Prober>,
+    config: PunchConfig,
+}
+
+impl PunchLayer {
+    /// Checks through `prober` (the node's socket) with the default pace.
+    pub fn new(prober: Arc<dyn Prober>) -> Self {
+        PunchLayer {
+            prober,
+            config: PunchConfig::default(),
+        }
+    }
+
+    /// Uses `config` instead of the default pace.
+    pub fn with_config(mut self, config: PunchConfig) -> Self {
+        self.config = config;
+        self
+    }
+}
+
+impl<S> Layer<S> for PunchLayer {
+    type Service = Punch<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Punch {
+            inner,
+            prober: self.prober.clone(),
+            config: self.config,
+        }
+    }
+}
+
+/// The service of [`PunchLayer`].
+#[derive(Clone)]
+pub struct Punch<S> {
+    inner: S,
+    prober: Arc<dyn Prober>,
+    config: PunchConfig,
+}
+
+/// The local address that the route towards `remote` leaves from, with the socket's port. No
+/// packet is sent: connecting a UDP socket only looks up the route.
+fn local_address_towards(bound: SocketAddr, remote: SocketAddr) -> SocketAddr {
+    if !bound.ip().is_unspecified() {
+        return bound;
+    }
+    let any: SocketAddr = if remote.is_ipv4() {
+        "0.0.0.0:0".parse().expect("valid address")
+    } else {
+        "[::]:0".parse().expect("valid address")
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect(remote).and_then(|_| s.local_addr()))
+        .map(|a| SocketAddr::new(a.ip(), bound.port()))
+        .unwrap_or(bound)
+}
+
+/// The spray role of this side, when the strategy is to spray.
+fn spray_role(attempt: &Attempt) -> Option<SprayRole> {
+    if attempt.strategy != Some(Strategy::Spray) {
+        return None;
+    }
+    match NatClass::of(attempt.local_nat.as_ref()) {
+        NatClass::SymmetricRandom => Some(SprayRole::Sockets),
+        _ => peer_public_ip(attempt).map(SprayRole::Ports),
+    }
+}
+
+/// How long checks go on after the first pair answered, for a better one (the LAN, a lower
+/// round trip) to take over.
+pub const REFINE_FOR: Duration = Duration::from_secs(3);
+/// Longest wait for the rest of the peer's candidates when a side must know them all before
+/// its first check.
+const TRICKLE_WAIT: Duration = Duration::from_secs(2);
+
+/// Whether this side must know every candidate, its own and the peer's, before its first
+/// check. Behind a sequential NAT every check to a new address takes the next port, so checks
+/// to addresses that later turn out useless would shift the ports the peer predicted; spraying
+/// needs the cone's public address.
+fn needs_all_candidates(attempt: &Attempt) -> bool {
+    NatClass::of(attempt.local_nat.as_ref()) == NatClass::SymmetricSequential
+        || attempt.strategy == Some(Strategy::Spray)
+}
+
+/// The checks of one attempt on the node's socket: the schedule, what came back, and the
+/// peer's candidates as they trickle in.
+struct Checks {
+    prober: Arc<dyn Prober>,
+    session: SessionKeys,
+    local: SocketAddr,
+    schedule: PunchSchedule,
+    filter: TargetFilter,
+    replies: mpsc::UnboundedReceiver<CheckEvent>,
+    trickle: Option<RemoteTrickle>,
+    /// Every candidate of the peer so far, to name the kind of the pair that answers.
+    known: Vec<Candidate>,
+    events: EventBus,
+    probes: u32,
+}
+
+impl Checks {
+    fn check(&mut self, target: SocketAddr) {
+        match self.prober.send_check(&self.session, target) {
+            Ok(()) => {
+                self.probes += 1;
+                self.events.emit(Event::CheckSent { remote: target });
+            }
+            Err(e) => tracing::debug!(%target, error = %e, "check not sent"),
+        }
+    }
+
+    /// Takes the peer's late candidates into the rounds and checks the new ones at once.
+    fn take_trickled(&mut self, list: &CandidateList) {
+        let fresh: Vec<Candidate> = list
+            .candidates
+            .iter()
+            .copied()
+            .filter(|c| !self.known.iter().any(|k| k.addr == c.addr))
+            .collect();
+        self.known.extend(&fresh);
+        let wanted: Vec<Candidate> = fresh
+            .into_iter()
+            .filter(|c| self.filter.accepts(c))
+            .collect();
+        for target in self.schedule.add_candidates(&wanted, self.local) {
+            self.check(target);
+        }
+    }
+
+    /// Takes what the trickle brought: new candidates, or the end of it.
+    fn on_trickle(&mut self, list: Option<CandidateList>) {
+        match list {
+            Some(list) => self.take_trickled(&list),
+            None => {
+                self.trickle = None;
+                self.schedule.expect_more(false);
+            }
+        }
+    }
+
+    fn path_to(&self, remote: SocketAddr, local: SocketAddr, rtt: Duration) -> SelectedPath {
+        let candidate = self
+            .known
+            .iter()
+            .copied()
+            .filter(|c| c.addr == remote)
+            .max_by_key(|c| c.priority)
+            .unwrap_or(Candidate {
+                addr: remote,
+                kind: CandidateKind::Prflx,
+                priority: 0,
+            });
+        SelectedPath {
+            remote: candidate,
+            local: local_address_towards(local, remote),
+            kind: PathKind::Direct,
+            rtt,
+        }
+    }
+
+    /// Goes on checking for [`REFINE_FOR`] after the first answer, and moves the peer's route
+    /// to any pair that [`PathChoice`] finds better.
+    async fn refine(mut self, peer: PeerId, mut choice: PathChoice) {
+        // tokio's clock, so that tests with a paused clock run the schedule without waiting.
+        let now = || tokio::time::Instant::now().into_std();
+        let until = now() + REFINE_FOR;
+        loop {
+            if now() >= until {
+                return;
+            }
+            match self.schedule.poll(now()) {
+                PunchAction::Send(targets) => {
+                    for target in targets {
+                        self.check(target);
+                    }
+                }
+                PunchAction::GiveUp => return,
+                PunchAction::WaitUntil(at) => {
+                    let wake = tokio::time::Instant::from_std(at.min(until));
+                    tokio::select! {
+                        event = self.replies.recv() => match event {
+                            None => return,
+                            Some(CheckEvent::Answered(reply)) => {
+                                let from = choice.current();
+                                if choice.answered(reply.remote, reply.rtt)
+                                    && self.prober.route_to(&peer, reply.remote).is_some()
+                                {
+                                    tracing::debug!(%from, to = %reply.remote, rtt = ?reply.rtt, "better path");
+                                    self.events.emit(Event::PathChanged {
+                                        from,
+                                        to: reply.remote,
+                                        kind: PathKind::Direct,
+                                        rtt: reply.rtt,
+                                    });
+                                }
+                            }
+                            Some(CheckEvent::Received { from }) => {
+                                if self.schedule.add_target(from) {
+                                    self.check(from);
+                                }
+                            }
+                        },
+                        list = next_trickle(&mut self.trickle), if self.trickle.is_some() => self.on_trickle(list),
+                        _ = tokio::time::sleep_until(wake) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The peer's next trickled list; `None` once it is done.
+async fn next_trickle(trickle: &mut Option<RemoteTrickle>) -> Option<CandidateList> {
+    trickle.as_mut()?.changed().await
+}
+
+/// What the punch found.
+struct Punched {
+    path: SelectedPath,
+    socket: Option<PathSocket>,
+}
+
+async fn punch(
+    prober: Arc<dyn Prober>,
+    config: PunchConfig,
+    attempt: &mut Attempt,
+) -> Result<Punched, ConnectError> {
+    let remote = attempt.remote.as_ref().ok_or(ConnectError::MissingInput {
+        layer: "PunchLayer",
+        needs: "the peer's candidates (SignalLayer)",
+    })?;
+    let mut remote_candidates = remote.candidates.clone();
+    let mut local_candidates = attempt.local_candidates.clone();
+    let mut trickle = attempt.remote_trickle.clone();
+    if needs_all_candidates(attempt) {
+        local_candidates.extend(gathered(&attempt.local_gathering).await);
+        if let Some(t) = trickle.as_mut() {
+            remote_candidates.extend(t.complete_within(TRICKLE_WAIT).await.candidates);
+        }
+    } else if let Some(t) = &trickle {
+        remote_candidates.extend(t.current().candidates);
+    }
+    let local_public = public_ip(&local_candidates).or_else(|| attempt.local_public_ip());
+    let filter = TargetFilter::new(
+        local_public,
+        attempt.remote_public_ip(),
+        &local_candidates,
+        &remote_candidates,
+    );
+    let targets: Vec<Candidate> = remote_candidates
+        .iter()
+        .copied()
+        .filter(|c| filter.accepts(c))
+        .collect();
+    let local = prober.local_addr();
+    // tokio's clock, so that tests with a paused clock run the schedule without waiting.
+    let now = || tokio::time::Instant::now().into_std();
+    let replies = prober.watch(&attempt.session);
+    // A route hides the real source of the peer's packets from the transport. Spraying must
+    // not have one: many of the random side's sockets pass checks, and only its QUIC packets
+    // show which one it chose.
+    let peer = attempt
+        .remote_peer()
+        .filter(|_| attempt.strategy != Some(Strategy::Spray));
+    if let Some(peer) = &peer {
+        prober.expect_peer(&attempt.session, peer);
+    }
+    let mut checks = Checks {
+        replies,
+        prober: prober.clone(),
+        session: attempt.session,
+        local,
+        schedule: PunchSchedule::new(&targets, local, now(), config),
+        filter,
+        trickle: trickle.take(),
+        known: remote_candidates,
+        events: attempt.events.clone(),
+        probes: 0,
+    };
+    checks.schedule.expect_more(checks.trickle.is_some());
+    let (spray_tx, mut spray_events) = mpsc::unbounded_channel();
+    let mut spray = spray_role(attempt).map(|role| Spray::new(role, attempt.session, spray_tx));
+    let mut next_wave = spray.as_ref().map(|_| tokio::time::Instant::now());
+    let result = loop {
+        match checks.schedule.poll(now()) {
+            PunchAction::Send(targets) => {
+                for target in targets {
+                    checks.check(target);
+                }
+            }
+            PunchAction::WaitUntil(at) => {
+                let mut wave_due = false;
+                tokio::select! {
+                    event = checks.replies.recv() => match event {
+                        None => break Err(ConnectError::Shutdown),
+                        Some(CheckEvent::Answered(reply)) => {
+                            attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
+                            let path = checks.path_to(reply.remote, local, reply.rtt);
+                            break Ok((path, None));
+                        }
+                        // The peer reached us from an address we did not know (its NAT's mapping
+                        // towards us): check it at once, a "triggered check".
+                        Some(CheckEvent::Received { from }) => {
+                            if checks.schedule.add_target(from) {
+                                checks.check(from);
+                            }
+                        }
+                    },
+                    list = next_trickle(&mut checks.trickle), if checks.trickle.is_some() => checks.on_trickle(list),
+                    Some((index, event)) = spray_events.recv() => {
+                        let Some(socket) = spray.as_ref().and_then(|s| s.sockets.get(index)).cloned() else {
+                            continue;
+                        };
+                        match event {
+                            CheckEvent::Answered(reply) => {
+                                attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
+                                let path = checks.path_to(reply.remote, socket.local_addr(), reply.rtt);
+                                break Ok((path, Some(PathSocket(socket))));
+                            }
+                            CheckEvent::Received { from } => {
+                                if socket.send_check(&attempt.session, from).is_ok() {
+                                    checks.probes += 1;
+                                    attempt.emit(Event::CheckSent { remote: from });
+                                }
+                            }
+                        }
+                    }
+                    _ = tokio::time::sleep_until(next_wave.unwrap_or_else(tokio::time::Instant::now)), if next_wave.is_some() => {
+                        wave_due = true;
+                    }
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                }
+                if wave_due {
+                    if let Some(spray) = spray.as_mut() {
+                        let sent = spray.wave(&prober, checks.schedule.targets()).await;
+                        checks.probes += sent;
+                        next_wave = Some(tokio::time::Instant::now() + WAVE_INTERVAL);
+                    }
+                }
+            }
+            PunchAction::GiveUp => {
+                let targets = checks.schedule.targets().len();
+                break Err(ConnectError::NoPath(if targets == 0 {
+                    "the peer sent no candidate this socket can reach".into()
+                } else {
+                    format!(
+                        "no answer from {targets} candidate(s) within {:?}{}",
+                        config.timeout,
+                        if spray.is_some() {
+                            ", spraying included"
+                        } else {
+                            ""
+                        }
+                    )
+                }));
+            }
+        }
+    };
+    attempt.probes_sent += checks.probes;
+    checks.probes = 0;
+    let (path, socket) = result?;
+    // On the node's socket the connection runs over a route that a better pair can take over
+    // while the checks go on in the background.
+    if socket.is_none() {
+        if let Some(peer) = peer {
+            if prober.route_to(&peer, path.remote.addr).is_some() {
+                let choice = PathChoice::new(path.remote.addr, path.rtt);
+                let span = tracing::debug_span!("refine", session = %attempt.session.id_hex());
+                tokio::spawn(checks.refine(peer, choice).instrument(span));
+            }
+        }
+    }
+    Ok(Punched { path, socket })
+}
+
+impl<S> Service<Attempt> for Punch<S>
+where
+    S: Service<Attempt, Response = Connection> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut attempt: Attempt) -> Self::Future {
+        let inner = take_inner(&mut self.inner);
+        let prober = self.prober.clone();
+        let config = self.config;
+        ResponseFuture::new(async move {
+            let span = tracing::debug_span!("punch", session = %attempt.session.id_hex());
+            let Punched { path, socket } =
+                punch(prober, config, &mut attempt).instrument(span).await?;
+            attempt.emit(Event::PathSelected {
+                remote: path.remote.addr,
+                kind: path.kind,
+            });
+            attempt.path = Some(path);
+            attempt.path_socket = socket;
+            inner.oneshot(attempt).await.map_err(Into::into)
+        })
+    }
+}
