@@ -17,6 +17,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod relay;
 mod session;
 mod state;
 pub mod stun;
