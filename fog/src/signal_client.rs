@@ -296,7 +296,8 @@ impl Inner {
             }
             ServerMessage::Challenge { .. }
             | ServerMessage::Registered { .. }
-            | ServerMessage::Resolved { .. } => {}
+            | ServerMessage::Resolved { .. }
+            | ServerMessage::RelayCredentials { .. } => {}
         }
     }
 

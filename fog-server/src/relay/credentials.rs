@@ -226,8 +226,14 @@ mod tests {
         let c = issue(&secret(), &p, 1_000, Duration::from_secs(600));
         assert_eq!(c.expires, 1_600);
         assert_eq!(c.username, format!("1600:{p}"));
-        assert_eq!(verify(&secret(), &c.username, &c.password, 1_000).unwrap(), p);
-        assert_eq!(verify(&secret(), &c.username, &c.password, 1_600).unwrap(), p);
+        assert_eq!(
+            verify(&secret(), &c.username, &c.password, 1_000).unwrap(),
+            p
+        );
+        assert_eq!(
+            verify(&secret(), &c.username, &c.password, 1_600).unwrap(),
+            p
+        );
         assert!(matches!(
             verify(&secret(), &c.username, &c.password, 1_601),
             Err(CredentialError::Expired {

@@ -10,6 +10,8 @@
 //! * the username is malformed or expired, or MESSAGE-INTEGRITY does not check: 401, with the
 //!   realm and the client's nonce;
 //! * the 5-tuple's allocation belongs to another node: 441 (Wrong Credentials);
+//! * a Refresh, CreatePermission or ChannelBind comes for a 5-tuple without an allocation: 437
+//!   (Allocation Mismatch), which the engine never sends (it drops such requests silently);
 //! * an Allocate would take the node over its allocation quota: 486 (Allocation Quota Reached);
 //! * a CreatePermission or ChannelBind names a peer the relay must not reach (loopback, the
 //!   relay's own IP, unspecified, multicast): 403 (Forbidden).
@@ -32,8 +34,8 @@ use stun::attributes::{
     ATTR_USERNAME, ATTR_XOR_PEER_ADDRESS,
 };
 use stun::error_code::{
-    ErrorCode, ErrorCodeAttribute, CODE_ALLOC_QUOTA_REACHED, CODE_FORBIDDEN, CODE_UNAUTHORIZED,
-    CODE_WRONG_CREDENTIALS,
+    ErrorCode, ErrorCodeAttribute, CODE_ALLOC_MISMATCH, CODE_ALLOC_QUOTA_REACHED, CODE_FORBIDDEN,
+    CODE_UNAUTHORIZED, CODE_WRONG_CREDENTIALS,
 };
 use stun::fingerprint::FINGERPRINT;
 use stun::integrity::MessageIntegrity;
@@ -280,6 +282,17 @@ impl Gate {
                     Some(&key),
                 ));
             }
+        }
+        if existing.is_none() && method != METHOD_ALLOCATE {
+            // The engine drops such requests without an answer, and the client would wait out
+            // its retransmissions; RFC 8656 §7.3 and §9.2 want 437.
+            return refuse(error_response(
+                &m,
+                CODE_ALLOC_MISMATCH,
+                "Allocation Mismatch",
+                Vec::new(),
+                Some(&key),
+            ));
         }
         let requested = {
             let mut lifetime = Lifetime::default();

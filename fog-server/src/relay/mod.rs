@@ -22,8 +22,8 @@
 //! # Ok(()) }
 //! ```
 
-pub mod credentials;
 mod conn;
+pub mod credentials;
 mod gate;
 pub mod quota;
 pub mod tcp;

@@ -229,8 +229,10 @@ pub fn clamp_lifetime(requested: Option<Duration>, remaining: Duration) -> Optio
         Some(d) if d < MAXIMUM => d,
         _ => DEFAULT,
     };
-    // Whole seconds on the wire; round down so the deadline holds.
-    let allowed = Duration::from_secs(remaining.as_secs());
+    // Whole seconds on the wire: round down so the deadline holds, but not to 0 while time is
+    // left, which would turn a Refresh into a deletion (the relayed socket ends at the deadline
+    // itself anyway).
+    let allowed = Duration::from_secs(remaining.as_secs().max(u64::from(!remaining.is_zero())));
     (asked > allowed).then_some(allowed)
 }
 
@@ -324,7 +326,10 @@ mod tests {
         ledger.reserve(a, t0).unwrap();
         ledger.reserve(b, t0).unwrap();
         assert!(ledger.charge(&a, 700, t0));
-        assert!(!ledger.charge(&a, 700, t0), "the second allocation shares the budget");
+        assert!(
+            !ledger.charge(&a, 700, t0),
+            "the second allocation shares the budget"
+        );
         assert!(ledger.charge(&b, 1000, t0), "another node has its own");
         assert!(ledger.charge(&a, 300, t0));
     }
@@ -349,7 +354,10 @@ mod tests {
         assert!(revoked.has_changed().unwrap());
         assert!(*revoked.borrow_and_update());
         ledger.remove(&key(1), t0 + Duration::from_secs(1));
-        assert!(ledger.get(&key(1)).is_some(), "another allocation's deadline");
+        assert!(
+            ledger.get(&key(1)).is_some(),
+            "another allocation's deadline"
+        );
         ledger.remove(&key(1), t0);
         assert!(ledger.get(&key(1)).is_none());
     }
@@ -371,6 +379,10 @@ mod tests {
         assert_eq!(
             clamp_lifetime(Some(s(600)), Duration::from_millis(59_900)),
             Some(s(59))
+        );
+        assert_eq!(
+            clamp_lifetime(Some(s(5)), Duration::from_millis(500)),
+            Some(s(1))
         );
         assert_eq!(clamp_lifetime(Some(s(1)), Duration::ZERO), Some(s(0)));
     }

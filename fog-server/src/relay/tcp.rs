@@ -93,8 +93,8 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
 pub async fn read_frame<R: AsyncReadExt + Unpin>(stream: &mut R) -> std::io::Result<Vec<u8>> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header).await?;
-    let frame = frame_len(header)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let frame =
+        frame_len(header).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let mut message = vec![0u8; frame.total];
     message[..4].copy_from_slice(&header);
     stream.read_exact(&mut message[4..]).await?;
@@ -118,7 +118,9 @@ impl Drop for TcpConn {
     }
 }
 
-fn lock(writers: &Writers) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>> {
+fn lock(
+    writers: &Writers,
+) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>> {
     writers.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -316,14 +318,8 @@ mod tests {
 
     #[test]
     fn other_and_oversized_frames_are_refused() {
-        assert_eq!(
-            frame_len([0x80, 0, 0, 0]),
-            Err(FrameError::Unknown(0x80))
-        );
-        assert_eq!(
-            frame_len([0xc0, 0, 0, 0]),
-            Err(FrameError::Unknown(0xc0))
-        );
+        assert_eq!(frame_len([0x80, 0, 0, 0]), Err(FrameError::Unknown(0x80)));
+        assert_eq!(frame_len([0xc0, 0, 0, 0]), Err(FrameError::Unknown(0xc0)));
         assert_eq!(
             frame_len([0x40, 0x00, 0xff, 0xff]),
             Err(FrameError::TooLarge(65539))
