@@ -416,8 +416,7 @@ async fn peers_on_the_relay_host_are_refused_by_default() {
         )
         .await
         .expect("send timed out")
-        .err()
-        .expect("a loopback peer is refused");
+        .expect_err("a loopback peer is refused");
         assert!(refused.to_string().contains("403"), "{refused}");
         client.close().await.unwrap();
     })
@@ -770,6 +769,98 @@ async fn without_a_relay_secret_the_grant_list_is_empty() {
             other => panic!("expected an empty grant, got {other:?}"),
         }
         signal.shutdown().await;
+    })
+    .await;
+}
+
+/// A coturn process, killed when dropped.
+struct Coturn(std::process::Child);
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The grants follow the TURN REST API scheme that coturn checks with `use-auth-secret`: a coturn
+/// sharing the secret accepts them, and refuses a wrong password. Skipped where coturn is not
+/// installed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coturn_accepts_the_same_credentials() {
+    let Some(turnserver) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("turnserver"))
+            .find(|path| path.is_file())
+    }) else {
+        eprintln!("skipped: coturn (turnserver) is not installed");
+        return;
+    };
+    bounded(async {
+        // A free port for coturn: bound, read, released.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pidfile = std::env::temp_dir().join(format!("fog-coturn-{}.pid", std::process::id()));
+        let _coturn = Coturn(
+            std::process::Command::new(turnserver)
+                .args([
+                    "-n",
+                    "--listening-ip=127.0.0.1",
+                    "--relay-ip=127.0.0.1",
+                    &format!("--listening-port={port}"),
+                    "--use-auth-secret",
+                    &format!(
+                        "--static-auth-secret={}",
+                        std::str::from_utf8(secret().as_bytes()).unwrap()
+                    ),
+                    "--realm=fog",
+                    "--no-tls",
+                    "--no-dtls",
+                    "--no-tcp",
+                    "--no-cli",
+                    "--allow-loopback-peers",
+                    "--no-stdout-log",
+                    "--log-file=/dev/null",
+                ])
+                .arg(format!("--pidfile={}", pidfile.display()))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("start coturn"),
+        );
+        let server: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (_, username, password) = node_credentials();
+        // coturn may still be starting: the client's retransmissions cover the first moments,
+        // and a few fresh attempts the rest.
+        let mut relayed = None;
+        for _ in 0..10 {
+            let client = turn_client(server, &username, &password).await;
+            match allocate(&client).await {
+                Ok(conn) => {
+                    relayed = Some((client, conn));
+                    break;
+                }
+                Err(e) => {
+                    client.close().await.unwrap();
+                    eprintln!("coturn not ready: {e}");
+                }
+            }
+        }
+        let (client, relayed) = relayed.expect("coturn allocates with fog credentials");
+        let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        relay_both_ways(&relayed, &peer).await;
+        client.close().await.unwrap();
+
+        let wrong = turn_client(server, &username, "d3Jvbmc=").await;
+        let refused = allocate(&wrong).await.err().expect("coturn refuses");
+        assert!(refused.contains("401"), "{refused}");
+        wrong.close().await.unwrap();
+        let _ = std::fs::remove_file(pidfile);
     })
     .await;
 }

@@ -60,7 +60,7 @@ pub fn frame_len(header: [u8; 4]) -> Result<Frame, FrameError> {
     let length = u16::from_be_bytes([header[2], header[3]]) as usize;
     let frame = match header[0] >> 6 {
         0b00 => {
-            if length % 4 != 0 {
+            if length & 3 != 0 {
                 return Err(FrameError::Misaligned(length));
             }
             Frame {
