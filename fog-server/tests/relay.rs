@@ -864,3 +864,28 @@ async fn coturn_accepts_the_same_credentials() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_relay_closes_tcp_clients() {
+    bounded(async {
+        let relay = relay_with(QuotaConfig::default(), true).await;
+        let tcp = relay.tcp_addr().unwrap();
+        let (_, username, password) = node_credentials();
+        let conn = Arc::new(TcpClientConn::connect(tcp).await);
+        let client = turn_client_over(conn, tcp, &username, &password).await;
+        allocate(&client).await.expect("allocate over tcp");
+        client.close().await.unwrap();
+        // A second, idle connection that never sent anything.
+        let mut idle = TcpStream::connect(tcp).await.unwrap();
+        relay.close().await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            tokio::io::AsyncReadExt::read(&mut idle, &mut buf),
+        )
+        .await
+        .expect("the relay keeps the connection open after stopping");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    })
+    .await;
+}

@@ -16,6 +16,9 @@
 //! * a CreatePermission or ChannelBind names a peer the relay must not reach (loopback, the
 //!   relay's own IP, unspecified, multicast): 403 (Forbidden).
 //!
+//! It drops unauthenticated requests beyond [`CHALLENGES_PER_SEC`](super::CHALLENGES_PER_SEC):
+//! the engine remembers the nonce of every 401 it sends.
+//!
 //! It rewrites the LIFETIME of an authenticated Allocate or Refresh that asks for more than the
 //! allocation has left (re-signing the request with the user's key), so the engine grants and
 //! reports the shortened lifetime. It hands an accepted Allocate's quota reservation to the relay
@@ -102,7 +105,7 @@ pub(crate) struct Gate {
 enum Verdict {
     /// Hand it to the engine (its first `usize` bytes of the buffer, maybe rewritten).
     Pass(usize),
-    /// Answer it with these bytes and read the next.
+    /// Answer it with these bytes (none: drop it) and read the next.
     Reply(Vec<u8>),
 }
 
@@ -221,10 +224,16 @@ impl Gate {
             METHOD_CHANNEL_BIND,
         ]
         .contains(&method)
-            || !m.contains(ATTR_MESSAGE_INTEGRITY)
         {
-            // Unauthenticated: the engine answers 401 with a fresh nonce.
             return Verdict::Pass(len);
+        }
+        if !m.contains(ATTR_MESSAGE_INTEGRITY) {
+            // Unauthenticated: the engine answers 401 with a fresh nonce, within a rate.
+            return if self.shared.challenge() {
+                Verdict::Pass(len)
+            } else {
+                Verdict::Reply(Vec::new())
+            };
         }
         let (Ok(username), Ok(realm), Ok(nonce)) = (
             TextAttribute::get_from_as(&m, ATTR_USERNAME),

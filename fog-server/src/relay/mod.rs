@@ -114,11 +114,27 @@ pub(crate) struct Shared {
     allow_loopback_peers: bool,
     quota: QuotaConfig,
     ledger: Mutex<Ledger>,
+    /// Unauthenticated requests the engine may see per second (see [`CHALLENGES_PER_SEC`]).
+    challenges: Mutex<quota::TokenBucket>,
 }
+
+/// Unauthenticated requests handed to the TURN engine per second, all clients together; the rest
+/// are dropped. The engine answers each with a 401 and a fresh nonce that it keeps in a table it
+/// never prunes, so an unbounded stream of them would grow its memory without end. An honest
+/// client sends one per allocation.
+pub const CHALLENGES_PER_SEC: u64 = 200;
 
 impl Shared {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether one more unauthenticated request may reach the engine now.
+    fn challenge(&self) -> bool {
+        self.challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(1, std::time::Instant::now())
     }
 }
 
@@ -169,6 +185,10 @@ impl RelayServer {
             allow_loopback_peers: config.allow_loopback_peers,
             quota: config.quota,
             ledger: Mutex::new(Ledger::new(config.quota)),
+            challenges: Mutex::new(quota::TokenBucket::new(
+                CHALLENGES_PER_SEC,
+                std::time::Instant::now(),
+            )),
         });
         let (stop, stopped) = watch::channel(false);
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use webrtc_util::Conn;
 
 /// The largest message handed to the engine; it reads datagrams into 1500-byte buffers.
@@ -110,6 +110,8 @@ pub(crate) struct TcpConn {
     incoming: tokio::sync::Mutex<mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
     writers: Writers,
     accept: tokio::task::JoinHandle<()>,
+    /// Dropped with the listener, which closes every client connection.
+    _stop: watch::Sender<()>,
 }
 
 impl Drop for TcpConn {
@@ -133,12 +135,14 @@ impl TcpConn {
         let local = listener.local_addr()?;
         let (tx, rx) = mpsc::channel(READ_QUEUE);
         let writers: Writers = Arc::default();
-        let accept = tokio::spawn(accept_loop(listener, tx, writers.clone(), closed));
+        let (stop, stopped) = watch::channel(());
+        let accept = tokio::spawn(accept_loop(listener, tx, writers.clone(), closed, stopped));
         Ok(TcpConn {
             local,
             incoming: tokio::sync::Mutex::new(rx),
             writers,
             accept,
+            _stop: stop,
         })
     }
 }
@@ -148,6 +152,7 @@ async fn accept_loop(
     tx: mpsc::Sender<(Vec<u8>, SocketAddr)>,
     writers: Writers,
     closed: Arc<dyn Fn(SocketAddr) + Send + Sync>,
+    stopped: watch::Receiver<()>,
 ) {
     loop {
         let (stream, from) = match listener.accept().await {
@@ -175,6 +180,7 @@ async fn accept_loop(
             write_rx,
             writers.clone(),
             closed.clone(),
+            stopped.clone(),
         ));
     }
 }
@@ -186,6 +192,7 @@ async fn serve(
     mut write_rx: mpsc::Receiver<Vec<u8>>,
     writers: Writers,
     closed: Arc<dyn Fn(SocketAddr) + Send + Sync>,
+    mut stopped: watch::Receiver<()>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
     let writing = tokio::spawn(async move {
@@ -196,7 +203,12 @@ async fn serve(
         }
     });
     loop {
-        match tokio::time::timeout(IDLE, read_frame(&mut reader)).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout(IDLE, read_frame(&mut reader)) => read,
+            // The relay stopped (the sender is gone).
+            _ = stopped.changed() => break,
+        };
+        match read {
             Ok(Ok(message)) => {
                 if tx.send((message, from)).await.is_err() {
                     break;
