@@ -445,6 +445,88 @@ mod tests {
     use super::*;
     use turn::proto::peeraddr::PeerAddress;
 
+    async fn gate() -> Gate {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let shared = Arc::new(Shared {
+            secret: crate::relay::RelaySecret::new("s").unwrap(),
+            realm: "fog".into(),
+            relay_ip: "127.0.0.1".parse().unwrap(),
+            allow_loopback_peers: false,
+            quota: Default::default(),
+            ledger: Mutex::new(crate::relay::quota::Ledger::new(Default::default())),
+            challenges: Mutex::new(crate::relay::quota::TokenBucket::new(
+                1_000_000,
+                Instant::now(),
+            )),
+        });
+        Gate {
+            inner: Arc::new(socket),
+            transport: Transport::Udp,
+            shared,
+            slot: Slot::default(),
+            stop: watch::channel(false).1,
+        }
+    }
+
+    #[tokio::test]
+    async fn garbage_and_cut_requests_never_panic_the_gate() {
+        use rand::{Rng, RngCore};
+        let gate = gate().await;
+        let node = fog_core::Identity::generate().peer_id();
+        let c = crate::relay::credentials::issue(
+            &gate.shared.secret,
+            &node,
+            unix_now(),
+            Duration::from_secs(60),
+        );
+        let key = turn::auth::generate_auth_key(&c.username, "fog", &c.password);
+        let mut m = Message::new();
+        m.build(&[
+            Box::new(TransactionId::new()),
+            Box::new(MessageType::new(METHOD_ALLOCATE, CLASS_REQUEST)),
+            Box::new(TextAttribute::new(ATTR_USERNAME, c.username.clone())),
+            Box::new(TextAttribute::new(ATTR_REALM, "fog".into())),
+            Box::new(TextAttribute::new(ATTR_NONCE, "n".into())),
+            Box::new(Lifetime(Duration::from_secs(3000))),
+            Box::new(MessageIntegrity(key)),
+            Box::new(FINGERPRINT),
+        ])
+        .unwrap();
+        let from: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        let mut rng = rand::thread_rng();
+        let mut buf = vec![0u8; 1500];
+        // The whole request passes (shortened lifetime) and reserves the node's quota.
+        buf[..m.raw.len()].copy_from_slice(&m.raw);
+        assert!(matches!(
+            gate.screen(&mut buf, m.raw.len(), from),
+            Verdict::Pass(_)
+        ));
+        assert_eq!(gate.shared.ledger().allocations(&node), 1);
+        drop(take(&gate.slot));
+        assert_eq!(gate.shared.ledger().allocations(&node), 0);
+        for _ in 0..2000 {
+            // Cut, bit-flipped copies of the request, and random bytes with a STUN header.
+            let mut datagram = m.raw.clone();
+            datagram.truncate(rng.gen_range(0..=datagram.len()));
+            if !datagram.is_empty() && rng.gen_bool(0.5) {
+                let i = rng.gen_range(0..datagram.len());
+                datagram[i] ^= 1 << rng.gen_range(0..8);
+            }
+            if rng.gen_bool(0.2) {
+                datagram = vec![0u8; rng.gen_range(0..200)];
+                rng.fill_bytes(&mut datagram);
+                if datagram.len() >= 8 {
+                    datagram[0] &= 0x3f;
+                    datagram[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+                }
+            }
+            buf[..datagram.len()].copy_from_slice(&datagram);
+            let _ = gate.screen(&mut buf, datagram.len(), from);
+            drop(take(&gate.slot));
+        }
+        assert_eq!(gate.shared.ledger().allocations(&node), 0);
+    }
+
     #[test]
     fn peers_on_this_host_and_odd_addresses_are_refused() {
         let relay: IpAddr = "203.0.113.7".parse().unwrap();
