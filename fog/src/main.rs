@@ -104,7 +104,11 @@ struct RelayArgs {
     #[arg(long = "relay-max-rate", value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
     max_rate: u64,
     /// Seconds one allocation may live, refreshes included.
-    #[arg(long = "relay-max-lifetime", value_name = "SECS", default_value_t = 600)]
+    #[arg(
+        long = "relay-max-lifetime",
+        value_name = "SECS",
+        default_value_t = 600
+    )]
     max_lifetime: u64,
 }
 
