@@ -110,6 +110,10 @@ struct RelayArgs {
         default_value_t = 600
     )]
     max_lifetime: u64,
+    /// Relay to peers on loopback and on the relay's own IP (refused by default, so the relay is
+    /// no way into its own host); for tests and labs on one machine.
+    #[arg(long = "relay-allow-loopback-peers", requires = "addr")]
+    allow_loopback_peers: bool,
 }
 
 impl RelayArgs {
@@ -132,6 +136,7 @@ impl RelayArgs {
         let mut config = RelayConfig::new(addr, secret);
         config.tcp = self.tcp;
         config.relay_ip = self.ip;
+        config.allow_loopback_peers = self.allow_loopback_peers;
         config.quota = QuotaConfig {
             max_allocations: self.max_allocations,
             max_bytes_per_sec: self.max_rate,
