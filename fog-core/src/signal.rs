@@ -130,6 +130,29 @@ pub enum ClientMessage {
         #[serde(default)]
         done: bool,
     },
+    /// Asks for relay credentials to reach `peer`. The server grants them only to registered
+    /// nodes, and only for a peer that is registered and online now, so a relay allocation is
+    /// always on the way to a real peer.
+    RelayCredentials {
+        /// Request id, echoed in the reply.
+        id: u64,
+        /// The peer to reach: its peer id or name.
+        peer: String,
+    },
+}
+
+/// Credentials for one relay (TURN REST API scheme: the relay checks them against a secret it
+/// shares with the signal server).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayGrant {
+    /// The relay (RFC 7065), e.g. `turn:203.0.113.1:3478?transport=udp`.
+    pub url: String,
+    /// `"<expires>:<peer-id>"`: the node the relay counts quotas against.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub password: String,
+    /// Unix seconds after which the relay refuses these credentials.
+    pub expires: u64,
 }
 
 /// Messages from the server to a node.
@@ -218,6 +241,14 @@ pub enum ServerMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         session: Option<String>,
     },
+    /// Relay credentials for a `relay_credentials` request; empty when the server knows no
+    /// relay.
+    RelayCredentials {
+        /// The request id.
+        id: u64,
+        /// One grant per relay URL.
+        relays: Vec<RelayGrant>,
+    },
 }
 
 /// What the peer answered to an offer.
@@ -288,6 +319,35 @@ mod tests {
         let json = serde_json::to_string(&m).unwrap();
         assert_eq!(json, r#"{"type":"resolve","id":3,"name":"n"}"#);
         assert_eq!(serde_json::from_str::<ClientMessage>(&json).unwrap(), m);
+    }
+
+    #[test]
+    fn relay_credentials_are_tagged_json() {
+        let ask = ClientMessage::RelayCredentials {
+            id: 7,
+            peer: "1e:34".into(),
+        };
+        let json = serde_json::to_string(&ask).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"relay_credentials","id":7,"peer":"1e:34"}"#
+        );
+        assert_eq!(serde_json::from_str::<ClientMessage>(&json).unwrap(), ask);
+        let grant = ServerMessage::RelayCredentials {
+            id: 7,
+            relays: vec![RelayGrant {
+                url: "turn:203.0.113.1:3478?transport=udp".into(),
+                username: "1700000000:abc".into(),
+                password: "cGFzcw==".into(),
+                expires: 1_700_000_000,
+            }],
+        };
+        let json = serde_json::to_string(&grant).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"relay_credentials","id":7,"relays":[{"url":"turn:203.0.113.1:3478?transport=udp","username":"1700000000:abc","password":"cGFzcw==","expires":1700000000}]}"#
+        );
+        assert_eq!(serde_json::from_str::<ServerMessage>(&json).unwrap(), grant);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! that registers it. The server resolves names, forwards offers and answers between registered
 //! peers (stamping the verified sender on each), tells a node when the peer it asked for is
 //! unknown or offline, and answers malformed, oversized or out-of-order messages with an error
-//! while it keeps serving.
+//! while it keeps serving. A registered node can ask for short-lived credentials for the
+//! [`relay`] when it wants to reach a registered peer.
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -17,6 +18,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod relay;
 mod session;
 mod state;
 pub mod stun;
@@ -36,9 +38,19 @@ pub struct SignalConfig {
     pub listen: SocketAddr,
     /// STUN servers announced to registering nodes (`host:port`).
     pub stun: Vec<String>,
-    /// Relays announced to registering nodes.
+    /// Relays announced to registering nodes (`turn:IP:PORT?transport=udp|tcp`, see
+    /// [`relay::RelayServer::urls`]).
     pub relays: Vec<String>,
+    /// The secret shared with the relays. Without it no relay credentials are granted (the
+    /// answer to `relay_credentials` is an empty list).
+    pub relay_secret: Option<relay::RelaySecret>,
+    /// How long granted relay credentials stay valid. An allocation is refreshed with the same
+    /// credentials, so this should be at least the relay's maximum allocation lifetime.
+    pub relay_credential_ttl: std::time::Duration,
 }
+
+/// Default validity of relay credentials: the default maximum allocation lifetime and a margin.
+pub const RELAY_CREDENTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 impl Default for SignalConfig {
     fn default() -> Self {
@@ -46,6 +58,8 @@ impl Default for SignalConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], fog_core::signal::SIGNAL_PORT)),
             stun: Vec::new(),
             relays: Vec::new(),
+            relay_secret: None,
+            relay_credential_ttl: RELAY_CREDENTIAL_TTL,
         }
     }
 }
@@ -63,7 +77,13 @@ impl SignalServer {
     pub async fn bind(config: SignalConfig) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
         let local = listener.local_addr()?;
-        let state = Arc::new(State::new(config.stun, config.relays));
+        let state = Arc::new(State::new(
+            config.stun,
+            config.relays,
+            config
+                .relay_secret
+                .map(|secret| (secret, config.relay_credential_ttl)),
+        ));
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, state.clone(), stopped));
         tracing::info!(%local, "signal server listening");

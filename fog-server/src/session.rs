@@ -288,6 +288,30 @@ fn route(state: &State, from: PeerId, message: ClientMessage) -> Option<ServerMe
                 .err()
                 .map(|e| route_error(e, Some(session)))
         }
+        ClientMessage::RelayCredentials { id, peer } => {
+            let refused = |e: RouteError| ServerMessage::Error {
+                code: e.code,
+                message: e.message,
+                id: Some(id),
+                session: None,
+            };
+            let target: PeerRef = match peer.parse() {
+                Ok(target) => target,
+                Err(message) => {
+                    return Some(refused(RouteError {
+                        code: ErrorCode::PeerUnknown,
+                        message,
+                    }))
+                }
+            };
+            Some(match state.online_peer(&target) {
+                Ok(_) => ServerMessage::RelayCredentials {
+                    id,
+                    relays: state.relay_grants(&from, crate::relay::credentials::unix_now()),
+                },
+                Err(e) => refused(e),
+            })
+        }
         ClientMessage::Reject {
             to,
             session,

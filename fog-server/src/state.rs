@@ -4,9 +4,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fog_core::signal::{ErrorCode, ServerMessage};
+use fog_core::signal::{ErrorCode, RelayGrant, ServerMessage};
 use fog_core::{PeerId, PeerRef};
 use tokio::sync::mpsc;
+
+use crate::relay::RelaySecret;
 
 /// A route to one connected session.
 struct Route {
@@ -40,6 +42,7 @@ pub struct State {
     tables: Mutex<Tables>,
     stun: Vec<String>,
     relays: Vec<String>,
+    relay_secret: Option<(RelaySecret, Duration)>,
 }
 
 /// Why a message could not be routed.
@@ -49,11 +52,16 @@ pub(crate) struct RouteError {
 }
 
 impl State {
-    pub(crate) fn new(stun: Vec<String>, relays: Vec<String>) -> Self {
+    pub(crate) fn new(
+        stun: Vec<String>,
+        relays: Vec<String>,
+        relay_secret: Option<(RelaySecret, Duration)>,
+    ) -> Self {
         State {
             tables: Mutex::new(Tables::default()),
             stun,
             relays,
+            relay_secret,
         }
     }
 
@@ -74,6 +82,31 @@ impl State {
     /// Relays announced to nodes.
     pub(crate) fn relays(&self) -> Vec<String> {
         self.relays.clone()
+    }
+
+    /// Relay credentials for `node`, one grant per relay, valid from `now` (Unix seconds). Empty
+    /// without a relay secret.
+    pub(crate) fn relay_grants(&self, node: &PeerId, now: u64) -> Vec<RelayGrant> {
+        let Some((secret, ttl)) = &self.relay_secret else {
+            return Vec::new();
+        };
+        let credentials = crate::relay::credentials::issue(secret, node, now, *ttl);
+        self.relays
+            .iter()
+            .map(|url| RelayGrant {
+                url: url.clone(),
+                username: credentials.username.clone(),
+                password: credentials.password.clone(),
+                expires: credentials.expires,
+            })
+            .collect()
+    }
+
+    /// Checks that `target` (a peer id or name) is registered and online, and returns its id.
+    pub(crate) fn online_peer(&self, target: &PeerRef) -> Result<PeerId, RouteError> {
+        let tables = self.tables();
+        let peer = Self::lookup(&tables, target)?;
+        Self::route(&tables, target, &peer).map(|_| peer)
     }
 
     /// Registers `peer` on `session`; the name must be free or already bound to `peer`.
@@ -225,15 +258,34 @@ impl State {
         target: &PeerRef,
         message: ServerMessage,
     ) -> Result<PeerId, RouteError> {
-        let peer = match target {
+        let peer = Self::lookup(tables, target)?;
+        let route = Self::route(tables, target, &peer)?;
+        route.tx.try_send(message).map_err(|_| RouteError {
+            code: ErrorCode::PeerOffline,
+            message: format!("{target} is not reading its messages"),
+        })?;
+        Ok(peer)
+    }
+
+    /// The peer id of `target`.
+    fn lookup(tables: &Tables, target: &PeerRef) -> Result<PeerId, RouteError> {
+        Ok(match target {
             PeerRef::Id(id) => *id,
             PeerRef::Name(name) => *tables.names.get(name).ok_or_else(|| RouteError {
                 code: ErrorCode::PeerUnknown,
                 message: format!("no peer has the name {name:?}"),
             })?,
-        };
-        let Some(route) = tables.online.get(&peer) else {
-            return Err(if tables.known.contains(&peer) {
+        })
+    }
+
+    /// The route to `peer` (named `target` in errors), if it is online.
+    fn route<'t>(
+        tables: &'t Tables,
+        target: &PeerRef,
+        peer: &PeerId,
+    ) -> Result<&'t Route, RouteError> {
+        tables.online.get(peer).ok_or_else(|| {
+            if tables.known.contains(peer) {
                 RouteError {
                     code: ErrorCode::PeerOffline,
                     message: format!("{target} is not connected to the signal server"),
@@ -243,12 +295,7 @@ impl State {
                     code: ErrorCode::PeerUnknown,
                     message: format!("{target} never registered here"),
                 }
-            });
-        };
-        route.tx.try_send(message).map_err(|_| RouteError {
-            code: ErrorCode::PeerOffline,
-            message: format!("{target} is not reading its messages"),
-        })?;
-        Ok(peer)
+            }
+        })
     }
 }

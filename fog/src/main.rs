@@ -35,6 +35,8 @@ enum Command {
         /// A second STUN address, with another IP and port, for RFC 5780 NAT behaviour discovery.
         #[arg(long, requires = "stun")]
         stun_alt: Option<SocketAddr>,
+        #[command(flatten)]
+        relay: RelayArgs,
     },
     /// Detect the NAT in front of this host with STUN (RFC 5780).
     Nat {
@@ -75,6 +77,73 @@ enum Command {
     /// Start a signal server and two nodes in this process, connect them by name, and show what
     /// happens.
     Demo,
+}
+
+/// The TURN relay of `fog server`.
+#[derive(Args)]
+struct RelayArgs {
+    /// Run a TURN relay (RFC 8656) with TURN over UDP on this address; the signal server grants
+    /// registered nodes short-lived credentials for it.
+    #[arg(long = "relay", value_name = "ADDR")]
+    addr: Option<SocketAddr>,
+    /// Also serve TURN over TCP on this address.
+    #[arg(long = "relay-tcp", value_name = "ADDR", requires = "addr")]
+    tcp: Option<SocketAddr>,
+    /// The IP peers reach the relay on, announced in relayed addresses [default: the --relay
+    /// IP; required when that is a wildcard].
+    #[arg(long = "relay-ip", value_name = "IP", requires = "addr")]
+    ip: Option<std::net::IpAddr>,
+    /// File holding the secret shared with other relays or a coturn (static-auth-secret)
+    /// [default: a random secret for this run].
+    #[arg(long = "relay-secret-file", value_name = "PATH", requires = "addr")]
+    secret_file: Option<PathBuf>,
+    /// Allocations one node may hold at once.
+    #[arg(long = "relay-max-allocations", value_name = "N", default_value_t = 8)]
+    max_allocations: usize,
+    /// Bytes per second relayed for one node; excess datagrams are dropped (0: no limit).
+    #[arg(long = "relay-max-rate", value_name = "BYTES", default_value_t = 4 * 1024 * 1024)]
+    max_rate: u64,
+    /// Seconds one allocation may live, refreshes included.
+    #[arg(
+        long = "relay-max-lifetime",
+        value_name = "SECS",
+        default_value_t = 600
+    )]
+    max_lifetime: u64,
+    /// Relay to peers on loopback and on the relay's own IP (refused by default, so the relay is
+    /// no way into its own host); for tests and labs on one machine.
+    #[arg(long = "relay-allow-loopback-peers", requires = "addr")]
+    allow_loopback_peers: bool,
+}
+
+impl RelayArgs {
+    /// Starts the relay, if asked for.
+    async fn start(&self) -> Result<Option<fog::server::relay::RelayServer>, BoxError> {
+        use fog::server::relay::{QuotaConfig, RelayConfig, RelaySecret, RelayServer};
+        let Some(addr) = self.addr else {
+            return Ok(None);
+        };
+        if self.max_lifetime == 0 {
+            return Err("--relay-max-lifetime must be at least 1 second".into());
+        }
+        if addr.ip().is_unspecified() && self.ip.is_none() {
+            return Err(format!("--relay {addr} is a wildcard: give --relay-ip").into());
+        }
+        let secret = match &self.secret_file {
+            Some(path) => RelaySecret::from_file(path)?,
+            None => RelaySecret::random(),
+        };
+        let mut config = RelayConfig::new(addr, secret);
+        config.tcp = self.tcp;
+        config.relay_ip = self.ip;
+        config.allow_loopback_peers = self.allow_loopback_peers;
+        config.quota = QuotaConfig {
+            max_allocations: self.max_allocations,
+            max_bytes_per_sec: self.max_rate,
+            max_lifetime: Duration::from_secs(self.max_lifetime),
+        };
+        Ok(Some(RelayServer::bind(config).await?))
+    }
 }
 
 #[derive(Args)]
@@ -150,7 +219,9 @@ async fn run(command: Command) -> Result<(), BoxError> {
             signal,
             stun,
             stun_alt,
+            relay,
         } => {
+            let relay_server = relay.start().await?;
             let stun_config = fog::server::stun::StunConfig {
                 primary: stun.unwrap_or(fog::server::stun::StunConfig::default().primary),
                 alternate: stun_alt,
@@ -168,16 +239,32 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 .as_ref()
                 .map(|s| vec![s.primary().to_string()])
                 .unwrap_or_default();
-            let server = fog::server::SignalServer::bind(fog::server::SignalConfig {
+            let mut config = fog::server::SignalConfig {
                 listen: signal,
                 stun: announced,
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("cannot listen on {signal}: {e}"))?;
+            };
+            if let Some(relay) = &relay_server {
+                config.relays = relay.urls();
+                config.relay_secret = Some(relay.secret().clone());
+                // Credentials must outlive one whole allocation: it is refreshed with them.
+                config.relay_credential_ttl = config
+                    .relay_credential_ttl
+                    .max(relay.quota().max_lifetime + Duration::from_secs(60));
+            }
+            let server = fog::server::SignalServer::bind(config)
+                .await
+                .map_err(|e| format!("cannot listen on {signal}: {e}"))?;
             if let Some(stun) = &stun_server {
                 let addrs: Vec<String> = stun.local_addrs().iter().map(|a| a.to_string()).collect();
                 println!("fog stun server on {}", addrs.join(" "));
+            }
+            if let Some(relay) = &relay_server {
+                let urls = relay.urls();
+                let listeners = std::iter::once(relay.udp_addr()).chain(relay.tcp_addr());
+                for (addr, url) in listeners.zip(urls) {
+                    println!("fog relay on {addr} ({url})");
+                }
             }
             println!("fog signal server on ws://{}/ws", server.local_addr());
             tokio::select! {
@@ -185,6 +272,9 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 _ = tokio::signal::ctrl_c() => {}
             }
             drop(stun_server);
+            if let Some(relay) = relay_server {
+                relay.close().await;
+            }
             Ok(())
         }
         Command::Nat { stun, json } => {

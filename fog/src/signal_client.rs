@@ -352,7 +352,8 @@ impl Inner {
             }
             ServerMessage::Challenge { .. }
             | ServerMessage::Registered { .. }
-            | ServerMessage::Resolved { .. } => {}
+            | ServerMessage::Resolved { .. }
+            | ServerMessage::RelayCredentials { .. } => {}
         }
     }
 
