@@ -135,6 +135,15 @@ impl Candidate {
         }
     }
 
+    /// An address allocated on a relay: the last resort.
+    pub fn relay(addr: SocketAddr) -> Self {
+        Candidate {
+            addr,
+            kind: CandidateKind::Relay,
+            priority: 5 << 8,
+        }
+    }
+
     /// A host candidate; private LAN addresses rank above public ones, loopback last.
     pub fn host(addr: SocketAddr) -> Self {
         let ip = addr.ip();
@@ -315,6 +324,32 @@ impl fmt::Debug for PathSocket {
     }
 }
 
+/// The relay allocations of an attempt, filled in the background by a relay layer. Clones
+/// share the list.
+#[derive(Clone, Default)]
+pub struct RelaySlot(
+    std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<dyn crate::probe::RelayHandle>>>>,
+);
+
+impl RelaySlot {
+    /// Adds an allocation.
+    pub fn push(&self, relay: std::sync::Arc<dyn crate::probe::RelayHandle>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(relay);
+    }
+
+    /// The allocations so far.
+    pub fn all(&self) -> Vec<std::sync::Arc<dyn crate::probe::RelayHandle>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl fmt::Debug for RelaySlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let relays: Vec<SocketAddr> = self.all().iter().map(|r| r.relayed_addr()).collect();
+        write!(f, "RelaySlot({relays:?})")
+    }
+}
+
 /// A path through a relay (filled by a relay layer when present).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayPath {
@@ -412,6 +447,8 @@ pub struct Attempt {
     pub local_gathering: Vec<crate::trickle::Gathering>,
     /// The peer's candidates that arrive after its offer or answer (signal layer).
     pub remote_trickle: Option<crate::trickle::RemoteTrickle>,
+    /// Relay allocations made for this attempt (relay layer); the connection keeps them.
+    pub relays: RelaySlot,
     /// The chosen path (punch layer or relay layer).
     pub path: Option<SelectedPath>,
     /// The socket the path leaves from, when it is not the node's main socket (birthday
@@ -443,6 +480,7 @@ impl Attempt {
             relay_paths: Vec::new(),
             local_gathering: Vec::new(),
             remote_trickle: None,
+            relays: RelaySlot::default(),
             path: None,
             path_socket: None,
             protocol: None,

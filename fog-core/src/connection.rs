@@ -57,6 +57,10 @@ pub trait TransportConnection: Send + Sync + 'static {
     fn close(&self, reason: &str);
     /// Resolves when the connection has ended, with the reason.
     fn closed(&self) -> BoxFuture<'_, String>;
+    /// The relay the connection goes through now (ours, or the peer's relayed address).
+    fn relay_addr(&self) -> Option<SocketAddr> {
+        None
+    }
 }
 
 /// Connection statistics, including the upload and download speed the original FogConnect
@@ -224,9 +228,19 @@ impl Connection {
         self.inner.info.protocol
     }
 
-    /// Direct or relayed.
+    /// Direct or relayed, now (a relayed connection moves to a direct path when one is found).
     pub fn path_kind(&self) -> PathKind {
-        self.inner.info.path
+        if self.relay_addr().is_some() {
+            PathKind::Relay
+        } else {
+            PathKind::Direct
+        }
+    }
+
+    /// The relay the connection goes through now: ours, or the peer's (whose relayed address
+    /// we send to); `None` on a direct path.
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        self.inner.transport.relay_addr()
     }
 
     /// Time from the connect request to the established connection.

@@ -71,6 +71,13 @@ pub enum Event {
         /// Direct or relayed.
         kind: PathKind,
     },
+    /// A relay allocated an address for this node.
+    RelayAllocated {
+        /// The relay server.
+        relay: SocketAddr,
+        /// The address it allocated.
+        allocated: SocketAddr,
+    },
     /// A better path replaced the one in use (lower RTT, or the LAN), or a relay replaced a
     /// dead direct path; open streams carry on.
     PathChanged {

@@ -23,10 +23,11 @@ pub mod probe;
 pub mod signal;
 pub mod stun;
 pub mod trickle;
+pub mod turn_url;
 
 pub use attempt::{
     Attempt, Candidate, CandidateKind, NatProfile, PathKind, PathSocket, PeerRef, Protocol,
-    RelayPath, RemoteInfo, Role, SelectedPath, SessionKeys, Strategy,
+    RelayPath, RelaySlot, RemoteInfo, Role, SelectedPath, SessionKeys, Strategy,
 };
 pub use connection::{
     BiStream, Connection, ConnectionError, ConnectionInfo, ConnectionStats, RecvHalf, SendHalf,
@@ -36,6 +37,7 @@ pub use error::{BoxError, ConnectError};
 pub use event::{Event, EventBus};
 pub use identity::{Identity, IdentityError, PeerId};
 pub use nat::{Filtering, Mapping, NatType, PortAllocation};
-pub use probe::{CheckEvent, CheckReply, Prober};
+pub use probe::{CheckEvent, CheckReply, Prober, RelayHandle};
 pub use signal::{AnswerFrom, SessionDescription, Signaller};
 pub use trickle::{CandidateList, Gathering, RemoteTrickle};
+pub use turn_url::{TurnTransport, TurnUrl};

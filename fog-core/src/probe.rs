@@ -33,6 +33,16 @@ pub enum CheckEvent {
     },
 }
 
+/// An allocation on a relay, made by a [`Prober`]. Dropping the last handle ends it.
+pub trait RelayHandle: Send + Sync + 'static {
+    /// The relay server.
+    fn server(&self) -> SocketAddr;
+    /// The address the relay allocated: peers send here to reach us.
+    fn relayed_addr(&self) -> SocketAddr;
+    /// The address to send to (checks or transport) to reach `peer` through the relay.
+    fn path_to(&self, peer: SocketAddr) -> SocketAddr;
+}
+
 /// Sends authenticated connectivity checks and answers the peer's.
 pub trait Prober: Send + Sync + 'static {
     /// The local socket address checks leave from (and the connection will use).
@@ -73,6 +83,24 @@ pub trait Prober: Send + Sync + 'static {
     fn route_to(&self, peer: &PeerId, remote: SocketAddr) -> Option<SocketAddr> {
         let _ = (peer, remote);
         None
+    }
+
+    /// Allocates on the TURN relay `server` with these credentials, from this prober's socket.
+    /// The default cannot relay.
+    fn allocate_relay(
+        self: Arc<Self>,
+        server: SocketAddr,
+        username: String,
+        password: String,
+    ) -> BoxFuture<'static, Result<Arc<dyn RelayHandle>, String>> {
+        let _ = (server, username, password);
+        Box::pin(async { Err("this socket cannot use relays".to_string()) })
+    }
+
+    /// Notes that `addr` is an address a peer allocated on a relay: a connection sending there
+    /// is relayed, and says so.
+    fn note_peer_relay(&self, addr: SocketAddr) {
+        let _ = addr;
     }
 
     /// The prober as `Any`, so that a transport can take over the socket it wraps.

@@ -295,6 +295,16 @@ pub trait Signaller: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Relay credentials for reaching `peer`, from the signal server; empty when it knows no
+    /// relay (or this signaller cannot ask).
+    fn relay_credentials(
+        &self,
+        peer: PeerRef,
+    ) -> BoxFuture<'static, Result<Vec<RelayGrant>, ConnectError>> {
+        let _ = peer;
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// The other peer's trickled candidates for `session`, from before this call on; `None`
     /// when this signaller cannot receive them.
     fn subscribe_candidates(

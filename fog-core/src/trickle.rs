@@ -109,14 +109,37 @@ impl RemoteTrickle {
         self.rx.borrow().clone()
     }
 
-    /// Waits until the list changes; `None` when no more can come (complete, or the signalling
-    /// side is gone).
+    /// Waits until the list changes; `None` when no more can come (complete and all of it
+    /// seen, or the signalling side is gone).
     pub async fn changed(&mut self) -> Option<CandidateList> {
-        if self.rx.borrow().complete {
+        // What arrived unseen is delivered first, even when the list is complete by now: the
+        // last candidates and `done` often come together.
+        if !self.rx.has_changed().unwrap_or(false) && self.rx.borrow().complete {
             return None;
         }
         self.rx.changed().await.ok()?;
         Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// Waits until `enough` holds for what arrived, or the peer is done, at most `limit`;
+    /// returns what arrived.
+    pub async fn wait_for(
+        &mut self,
+        limit: Duration,
+        enough: impl Fn(&CandidateList) -> bool,
+    ) -> CandidateList {
+        let _ = tokio::time::timeout(limit, async {
+            if enough(&self.current()) {
+                return;
+            }
+            while let Some(list) = self.changed().await {
+                if enough(&list) {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.current()
     }
 
     /// Waits until the peer says it is done, at most `limit`; returns what arrived.
@@ -174,6 +197,25 @@ mod tests {
         let done = remote.complete_within(Duration::from_secs(5)).await;
         assert!(done.complete);
         assert_eq!(done.candidates.len(), 2);
+        assert!(remote.changed().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_last_candidates_are_delivered_when_done_comes_with_them() {
+        let (tx, rx) = watch::channel(CandidateList::default());
+        let mut remote = RemoteTrickle::new(rx);
+        tx.send_modify(|l| {
+            l.extend(&[cand(1)], false);
+        });
+        tx.send_modify(|l| {
+            l.extend(&[], true);
+        });
+        let last = remote
+            .changed()
+            .await
+            .expect("the unseen candidate comes first");
+        assert_eq!(last.candidates, vec![cand(1)]);
+        assert!(last.complete);
         assert!(remote.changed().await.is_none());
     }
 }

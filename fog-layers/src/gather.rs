@@ -121,7 +121,12 @@ where
                     attempt.local_candidates.push(candidate);
                 }
             }
-            if let Some((prober, servers)) = reflexive {
+            // A sequential symmetric NAT maps every destination to a new port: the address the
+            // STUN server sees is of no use to a peer (its IP is in the NAT profile), and the
+            // lookup would only move the port counter that port prediction reads next.
+            let sequential = crate::strategy::NatClass::of(attempt.local_nat.as_ref())
+                == crate::strategy::NatClass::SymmetricSequential;
+            if let Some((prober, servers)) = reflexive.filter(|_| !sequential) {
                 // The STUN round trip runs in the background; the signal layer trickles its
                 // result to the peer.
                 let events = attempt.events.clone();

@@ -119,7 +119,16 @@ fn choose(attempt: &Attempt) -> Result<Strategy, ConnectError> {
     let mine = NatClass::of(attempt.local_nat.as_ref());
     let theirs = NatClass::of(remote.nat.as_ref());
     let strategy = plan(mine, theirs);
-    if strategy == Strategy::RelayOnly && attempt.relay_paths.is_empty() {
+    let relay_possible = !attempt.relay_paths.is_empty()
+        || attempt
+            .local_gathering
+            .iter()
+            .any(|g| g.what == crate::relay::RELAY_GATHERING)
+        || remote
+            .candidates
+            .iter()
+            .any(|c| c.kind == fog_core::CandidateKind::Relay);
+    if strategy == Strategy::RelayOnly && !relay_possible {
         return Err(ConnectError::NoPath(format!(
             "no direct path can exist between a {mine:?} NAT and a {theirs:?} NAT, and no relay is known"
         )));

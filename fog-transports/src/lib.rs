@@ -19,8 +19,10 @@
 
 pub mod check;
 pub mod quic;
+pub mod relay;
 pub mod socket;
 pub mod tls;
 
 pub use quic::QuicTransport;
+pub use relay::{RelayAllocation, RelayError, RelayServer};
 pub use socket::{FogSocket, SpraySocket};

@@ -333,6 +333,7 @@ impl Service<Attempt> for QuicTransport {
                     local: path.local,
                     socket,
                     dedicated,
+                    _relays: attempt.relays.clone(),
                 }),
                 ConnectionInfo::from_attempt(&attempt, peer, Protocol::Quic),
                 attempt.events.clone(),
@@ -355,6 +356,8 @@ struct QuicConnection {
     local: SocketAddr,
     /// The socket under the connection, which knows where the peer's route points now.
     socket: Arc<FogSocket>,
+    /// The relay allocations the connection may run over: they live as long as it does.
+    _relays: fog_core::RelaySlot,
     /// The endpoint on the path's own socket (birthday spraying), closed with the connection.
     dedicated: Option<quinn::Endpoint>,
 }
@@ -396,7 +399,16 @@ impl TransportConnection for QuicConnection {
     }
 
     fn remote_addr(&self) -> SocketAddr {
-        self.socket.real_addr(self.conn.remote_address())
+        let real = self.socket.real_addr(self.conn.remote_address());
+        match self.socket.relay_behind(real) {
+            Some((_, peer)) => peer,
+            None => real,
+        }
+    }
+
+    fn relay_addr(&self) -> Option<SocketAddr> {
+        let real = self.socket.real_addr(self.conn.remote_address());
+        self.socket.relay_behind(real).map(|(server, _)| server)
     }
 
     fn local_addr(&self) -> SocketAddr {

@@ -153,6 +153,36 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// Relay allocations made from this socket, and the stand-in addresses of the peers reached
+/// through them (see [`crate::relay`]).
+#[derive(Default)]
+struct Relays {
+    /// Relay servers: what they send goes to their TURN client, not to QUIC.
+    servers: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Per allocation, the queue of its send pump.
+    links: HashMap<u32, mpsc::Sender<(Vec<u8>, SocketAddr)>>,
+    /// Per allocation, its relay server.
+    link_servers: HashMap<u32, SocketAddr>,
+    /// Addresses peers allocated on their relays.
+    peer_relays: std::collections::HashSet<SocketAddr>,
+    by_stand_in: HashMap<SocketAddr, (u32, SocketAddr)>,
+    stand_ins: HashMap<(u32, SocketAddr), SocketAddr>,
+    next_allocation: u32,
+    next_stand_in: u32,
+}
+
+/// First octet of relay-path stand-ins: 250.0.0.0/8 is reserved and never routed.
+const RELAY_STAND_IN_OCTET: u8 = 250;
+/// Most relay-path stand-ins kept at once.
+const MAX_RELAY_STAND_INS: usize = 4096;
+
+fn is_relay_stand_in(addr: SocketAddr) -> bool {
+    match canonical(addr) {
+        SocketAddr::V4(v4) => v4.ip().octets()[0] == RELAY_STAND_IN_OCTET,
+        SocketAddr::V6(_) => false,
+    }
+}
+
 /// A UDP socket that answers connectivity checks itself and passes everything else to QUIC.
 pub struct FogSocket {
     io: tokio::net::UdpSocket,
@@ -161,7 +191,16 @@ pub struct FogSocket {
     routes: Mutex<Routes>,
     /// Set once the first route exists, so sockets without routes skip the lock.
     routing: std::sync::atomic::AtomicBool,
+    relays: Mutex<Relays>,
+    /// Set once a relay is attached, so sockets without one skip the lock.
+    relaying: std::sync::atomic::AtomicBool,
+    /// Datagrams that came through a relay, for QUIC and the checks.
+    injected: Mutex<std::collections::VecDeque<(SocketAddr, Vec<u8>)>>,
+    inject_waker: futures_util::task::AtomicWaker,
 }
+
+/// Datagrams from relays queued for the receive loop before new ones are dropped.
+const MAX_INJECTED: usize = 4096;
 
 impl fmt::Debug for FogSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -182,7 +221,154 @@ impl FogSocket {
             checks: Mutex::new(Checks::default()),
             routes: Mutex::new(Routes::default()),
             routing: std::sync::atomic::AtomicBool::new(false),
+            relays: Mutex::new(Relays::default()),
+            relaying: std::sync::atomic::AtomicBool::new(false),
+            injected: Mutex::new(std::collections::VecDeque::new()),
+            inject_waker: futures_util::task::AtomicWaker::new(),
         }))
+    }
+
+    /// Allocates on a TURN relay from this socket.
+    pub async fn allocate_relay(
+        self: &Arc<Self>,
+        relay: &crate::relay::RelayServer,
+    ) -> Result<crate::relay::RelayAllocation, crate::relay::RelayError> {
+        crate::relay::allocate(self, relay).await
+    }
+
+    fn relays(&self) -> std::sync::MutexGuard<'_, Relays> {
+        self.relays.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets `server`'s datagrams aside for its TURN client and opens a send queue for a new
+    /// allocation.
+    pub(crate) fn attach_relay(
+        &self,
+        server: SocketAddr,
+        from_server: mpsc::UnboundedSender<Vec<u8>>,
+    ) -> (u32, mpsc::Receiver<(Vec<u8>, SocketAddr)>) {
+        let (tx, rx) = crate::relay::send_queue();
+        let mut relays = self.relays();
+        relays.next_allocation += 1;
+        let id = relays.next_allocation;
+        relays.servers.insert(canonical(server), from_server);
+        relays.links.insert(id, tx);
+        relays.link_servers.insert(id, server);
+        self.relaying
+            .store(true, std::sync::atomic::Ordering::Release);
+        (id, rx)
+    }
+
+    pub(crate) fn detach_relay(&self, id: u32, server: SocketAddr) {
+        let mut relays = self.relays();
+        relays.servers.remove(&canonical(server));
+        relays.links.remove(&id);
+        relays.link_servers.remove(&id);
+        relays.stand_ins.retain(|(a, _), _| *a != id);
+        relays.by_stand_in.retain(|_, (a, _)| *a != id);
+    }
+
+    /// The stand-in address of `peer` reached through allocation `id`.
+    pub(crate) fn relay_stand_in(&self, id: u32, peer: SocketAddr) -> SocketAddr {
+        let peer = canonical(peer);
+        let mut relays = self.relays();
+        if let Some(addr) = relays.stand_ins.get(&(id, peer)) {
+            return self.presented(*addr);
+        }
+        if relays.by_stand_in.len() >= MAX_RELAY_STAND_INS {
+            relays.by_stand_in.clear();
+            relays.stand_ins.clear();
+        }
+        relays.next_stand_in += 1;
+        let n = relays.next_stand_in;
+        let addr = SocketAddr::from((
+            std::net::Ipv4Addr::new(
+                RELAY_STAND_IN_OCTET,
+                (n >> 16) as u8,
+                (n >> 8) as u8,
+                n as u8,
+            ),
+            1,
+        ));
+        relays.stand_ins.insert((id, peer), addr);
+        relays.by_stand_in.insert(addr, (id, peer));
+        self.presented(addr)
+    }
+
+    /// A datagram the relay of allocation `id` forwarded from `peer`: handled as if it came
+    /// from the peer's stand-in address.
+    pub(crate) fn inject_from_relay(&self, id: u32, peer: SocketAddr, datagram: Vec<u8>) {
+        let from = self.relay_stand_in(id, peer);
+        {
+            let mut queue = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+            if queue.len() >= MAX_INJECTED {
+                return;
+            }
+            queue.push_back((from, datagram));
+        }
+        self.inject_waker.wake();
+    }
+
+    /// Sends `datagram` to `to`: through its relay when `to` is a relay-path stand-in.
+    fn transmit(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        if is_relay_stand_in(to) {
+            let relays = self.relays();
+            if let Some((id, peer)) = relays.by_stand_in.get(&canonical(to)) {
+                if let Some(link) = relays.links.get(id) {
+                    // A full queue drops the datagram, as a congested path would.
+                    let _ = link.try_send((datagram.to_vec(), *peer));
+                }
+            }
+            return Ok(datagram.len());
+        }
+        self.send_now(datagram, to)
+    }
+
+    /// For a relay-path stand-in: the relay server and the peer's address behind it. For an
+    /// address a peer allocated on its relay: that address twice.
+    pub fn relay_behind(&self, addr: SocketAddr) -> Option<(SocketAddr, SocketAddr)> {
+        if !is_relay_stand_in(addr) {
+            if !self.relaying.load(std::sync::atomic::Ordering::Acquire) {
+                return None;
+            }
+            let addr = canonical(addr);
+            return self
+                .relays()
+                .peer_relays
+                .contains(&addr)
+                .then_some((addr, addr));
+        }
+        let relays = self.relays();
+        let (id, peer) = *relays.by_stand_in.get(&canonical(addr))?;
+        let server = relays.link_servers.get(&id).copied()?;
+        Some((server, peer))
+    }
+
+    /// Sends a datagram to a real address at once (for the TURN client).
+    pub(crate) fn send_raw(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.send_now(datagram, to)
+    }
+
+    /// Whether a datagram from `from` belongs to a relay's TURN client; hands it over if so.
+    fn take_relay_datagram(&self, datagram: &[u8], from: SocketAddr) -> bool {
+        if !self.relaying.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        let relays = self.relays();
+        match relays.servers.get(&canonical(from)) {
+            Some(tx) => {
+                let _ = tx.send(datagram.to_vec());
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn next_injected(&self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.injected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
     }
 
     fn learn_route(&self, peer: &PeerId, from: SocketAddr) {
@@ -290,7 +476,7 @@ impl FogSocket {
                     &session.secret,
                 );
                 // Best effort: a full send buffer drops the reply, and the peer retries.
-                let _ = self.send_now(&reply, from);
+                let _ = self.transmit(&reply, from);
                 if let Some(events) = &session.events {
                     let _ = events.send(CheckEvent::Received { from });
                 }
@@ -330,6 +516,35 @@ impl FogSocket {
 impl Prober for FogSocket {
     fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn allocate_relay(
+        self: Arc<Self>,
+        server: SocketAddr,
+        username: String,
+        password: String,
+    ) -> BoxFuture<'static, Result<Arc<dyn fog_core::RelayHandle>, String>> {
+        Box::pin(async move {
+            let relay = crate::relay::RelayServer {
+                addr: server,
+                username,
+                password,
+            };
+            crate::relay::allocate(&self, &relay)
+                .await
+                .map(|a| Arc::new(a) as Arc<dyn fog_core::RelayHandle>)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn note_peer_relay(&self, addr: SocketAddr) {
+        let mut relays = self.relays();
+        if relays.peer_relays.len() >= MAX_RELAY_STAND_INS {
+            relays.peer_relays.clear();
+        }
+        relays.peer_relays.insert(canonical(addr));
+        self.relaying
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     fn route_to(&self, peer: &PeerId, remote: SocketAddr) -> Option<SocketAddr> {
@@ -424,7 +639,7 @@ impl Prober for FogSocket {
                 sent: Instant::now(),
             },
         );
-        match self.send_now(&packet, remote) {
+        match self.transmit(&packet, remote) {
             Ok(_) => Ok(()),
             // A full buffer loses this check like the network could; the schedule retries.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
@@ -544,7 +759,11 @@ impl AsyncUdpSocket for FogSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let destination = match (self.real_addr(transmit.destination), self.local) {
+        let real = self.real_addr(transmit.destination);
+        if is_relay_stand_in(real) {
+            return self.transmit(transmit.contents, real).map(|_| ());
+        }
+        let destination = match (real, self.local) {
             (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
                 SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
             }
@@ -568,6 +787,31 @@ impl AsyncUdpSocket for FogSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         loop {
+            // What came through a relay first: it is already out of the kernel's queue.
+            if let Some((from, datagram)) = self.next_injected() {
+                if check::looks_like_check(&datagram) {
+                    self.handle_check(&datagram, from);
+                    continue;
+                }
+                let len = datagram.len().min(bufs[0].len());
+                bufs[0][..len].copy_from_slice(&datagram[..len]);
+                meta[0] = RecvMeta {
+                    addr: self.inbound(from),
+                    len,
+                    stride: len,
+                    ..RecvMeta::default()
+                };
+                return Poll::Ready(Ok(1));
+            }
+            self.inject_waker.register(cx.waker());
+            if !self
+                .injected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                continue;
+            }
             let mut read = ReadBuf::new(&mut bufs[0]);
             let from = match ready!(self.io.poll_recv_from(cx, &mut read)) {
                 Ok(from) => from,
@@ -585,8 +829,15 @@ impl AsyncUdpSocket for FogSocket {
                 {
                     if let Some(tx) = self.checks().stun.remove(&id) {
                         let _ = tx.send(mapped);
+                        continue;
                     }
                 }
+            }
+            // TURN messages and channel data from a relay this socket allocated on.
+            if self.take_relay_datagram(read.filled(), from) {
+                continue;
+            }
+            if fog_core::stun::looks_like_stun(read.filled()) {
                 continue;
             }
             meta[0] = RecvMeta {

@@ -382,6 +382,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                     "name": conn.peer_name(),
                     "protocol": conn.protocol().as_str(),
                     "path": conn.path_kind().to_string(),
+                    "relay": conn.relay_addr().map(|a| a.to_string()),
                     "local": conn.local_addr().to_string(),
                     "remote": conn.remote_addr().to_string(),
                     "connect_ms": (connect_ms * 10.0).round() / 10.0,

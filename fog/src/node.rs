@@ -194,6 +194,7 @@ impl NodeBuilder {
             transport: transport.clone(),
             punch: self.punch,
             nat,
+            relays: signal_client.registration().relays.clone(),
         };
         let stack = (self.stack)(&parts);
         let (incoming_tx, incoming_rx) = mpsc::channel(64);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fog_core::{Attempt, BoxError, Connection, Prober, Protocol, Signaller};
 use fog_layers::{
     GatherLayer, NatCache, NatProbeLayer, PortPredictLayer, ProtocolSelectLayer, PunchConfig,
-    PunchLayer, SignalLayer, StrategyLayer,
+    PunchLayer, RelayFallbackLayer, SignalLayer, StrategyLayer,
 };
 use fog_transports::{FogSocket, QuicTransport};
 use tower::util::BoxCloneSyncService;
@@ -28,6 +28,8 @@ pub struct StackParts {
     pub punch: PunchConfig,
     /// The node's NAT verdict, when the signal server announced STUN servers.
     pub nat: Option<NatCache>,
+    /// The relays the signal server announced (`turn:` URLs); it grants credentials for them.
+    pub relays: Vec<String>,
 }
 
 impl StackParts {
@@ -46,12 +48,17 @@ impl StackParts {
 }
 
 /// The default preset: NAT probe (when STUN servers are known) → gather (host and
-/// server-reflexive) → port prediction → signal → strategy → punch → protocol select → QUIC.
+/// server-reflexive) → port prediction → relay (when relays are known) → signal → strategy →
+/// punch → protocol select → QUIC.
 pub fn default_stack(parts: &StackParts) -> Stack {
     let stack = ServiceBuilder::new()
         .option_layer(parts.nat.clone().map(NatProbeLayer::new))
         .layer(GatherLayer::new(parts.socket.local_addr()).with_stun(parts.prober(), parts.stun()))
         .layer(PortPredictLayer::new(parts.stun()))
+        .option_layer(
+            (!parts.relays.is_empty())
+                .then(|| RelayFallbackLayer::new(parts.prober(), parts.signaller.clone())),
+        )
         .layer(SignalLayer::new(parts.signaller.clone()))
         .layer(StrategyLayer::new())
         .layer(PunchLayer::new(parts.prober()).with_config(parts.punch))

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fog_core::signal::{registration_message, ClientMessage, ErrorCode, ServerMessage};
+use fog_core::signal::{registration_message, ClientMessage, ErrorCode, RelayGrant, ServerMessage};
 use fog_core::{
     AnswerFrom, Candidate, CandidateList, ConnectError, Event, EventBus, Identity, PeerId, PeerRef,
     SessionDescription, SessionKeys, Signaller,
@@ -63,6 +63,9 @@ struct TrickleEntry {
 #[derive(Default)]
 struct Pending {
     answers: HashMap<String, oneshot::Sender<Result<AnswerFrom, ConnectError>>>,
+    /// Relay-credential requests by id.
+    grants: HashMap<u64, oneshot::Sender<Result<Vec<RelayGrant>, ConnectError>>>,
+    next_request: u64,
     trickles: HashMap<String, TrickleEntry>,
     closed: Option<String>,
 }
@@ -329,6 +332,21 @@ impl Inner {
             ServerMessage::Error {
                 code,
                 message,
+                id: Some(id),
+                ..
+            } => {
+                if let Some(tx) = self.pending().grants.remove(&id) {
+                    let _ = tx.send(Err(refused(code, message)));
+                }
+            }
+            ServerMessage::RelayCredentials { id, relays } => {
+                if let Some(tx) = self.pending().grants.remove(&id) {
+                    let _ = tx.send(Ok(relays));
+                }
+            }
+            ServerMessage::Error {
+                code,
+                message,
                 session: Some(session),
                 ..
             } => self.settle(&session, Err(refused(code, message))),
@@ -352,8 +370,7 @@ impl Inner {
             }
             ServerMessage::Challenge { .. }
             | ServerMessage::Registered { .. }
-            | ServerMessage::Resolved { .. }
-            | ServerMessage::RelayCredentials { .. } => {}
+            | ServerMessage::Resolved { .. } => {}
         }
     }
 
@@ -361,6 +378,9 @@ impl Inner {
         let mut pending = self.pending();
         pending.closed = Some(reason.to_string());
         for (_, tx) in pending.answers.drain() {
+            let _ = tx.send(Err(ConnectError::SignalUnreachable(reason.to_string())));
+        }
+        for (_, tx) in pending.grants.drain() {
             let _ = tx.send(Err(ConnectError::SignalUnreachable(reason.to_string())));
         }
     }
@@ -447,6 +467,44 @@ impl Signaller for SignalClient {
         });
         Box::pin(async move {
             sent.map_err(|_| ConnectError::SignalUnreachable("signal connection closed".into()))
+        })
+    }
+
+    fn relay_credentials(
+        &self,
+        peer: PeerRef,
+    ) -> BoxFuture<'static, Result<Vec<RelayGrant>, ConnectError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            let id = {
+                let mut pending = inner.pending();
+                if let Some(reason) = &pending.closed {
+                    return Err(ConnectError::SignalUnreachable(reason.clone()));
+                }
+                pending.next_request += 1;
+                let id = pending.next_request;
+                pending.grants.insert(id, tx);
+                id
+            };
+            let sent = inner.out.send(ClientMessage::RelayCredentials {
+                id,
+                peer: peer.to_string(),
+            });
+            if sent.is_err() {
+                inner.pending().grants.remove(&id);
+                return Err(ConnectError::SignalUnreachable(
+                    "signal connection closed".into(),
+                ));
+            }
+            match tokio::time::timeout(REGISTER_TIMEOUT, rx).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(ConnectError::Shutdown),
+                Err(_) => {
+                    inner.pending().grants.remove(&id);
+                    Err(ConnectError::Timeout("relay credentials".into()))
+                }
+            }
         })
     }
 

@@ -17,16 +17,23 @@ pub const MIN_GAIN: Duration = Duration::from_millis(2);
 #[derive(Clone, Debug)]
 pub struct PathChoice {
     current: SocketAddr,
+    current_relayed: bool,
     best_rtt: HashMap<SocketAddr, Duration>,
 }
 
 impl PathChoice {
-    /// Starts with the first pair that answered.
-    pub fn new(first: SocketAddr, rtt: Duration) -> Self {
+    /// Starts with the first pair that answered (`relayed` when it goes through a relay).
+    pub fn new(first: SocketAddr, rtt: Duration, relayed: bool) -> Self {
         PathChoice {
             current: first,
+            current_relayed: relayed,
             best_rtt: HashMap::from([(first, rtt)]),
         }
+    }
+
+    /// Whether the pair in use goes through a relay.
+    pub fn relayed(&self) -> bool {
+        self.current_relayed
     }
 
     /// The pair in use.
@@ -39,10 +46,10 @@ impl PathChoice {
         self.best_rtt.get(&addr).copied()
     }
 
-    /// A check to `addr` was answered after `rtt`. Returns true when the connection should
-    /// move there: the LAN beats any path through a NAT, and otherwise a clearly lower round
-    /// trip wins.
-    pub fn answered(&mut self, addr: SocketAddr, rtt: Duration) -> bool {
+    /// A check to `addr` (through a relay when `relayed`) was answered after `rtt`. Returns
+    /// true when the connection should move there: a direct pair beats any relay, the LAN
+    /// beats any path through a NAT, and otherwise a clearly lower round trip wins.
+    pub fn answered(&mut self, addr: SocketAddr, rtt: Duration, relayed: bool) -> bool {
         let best = self.best_rtt.entry(addr).or_insert(rtt);
         *best = (*best).min(rtt);
         let rtt = *best;
@@ -51,16 +58,21 @@ impl PathChoice {
         }
         let current_rtt = self.best_rtt[&self.current];
         let lan = |a: SocketAddr| is_local_only(a.ip());
-        let better = match (lan(addr), lan(self.current)) {
-            (true, false) => true,
-            (false, true) => false,
-            _ => {
-                let gain = current_rtt.saturating_sub(rtt);
-                gain >= MIN_GAIN && gain >= current_rtt / GAIN_FRACTION
-            }
+        let better = match (relayed, self.current_relayed) {
+            (false, true) => true,
+            (true, false) => false,
+            _ => match (lan(addr), lan(self.current)) {
+                (true, false) => true,
+                (false, true) => false,
+                _ => {
+                    let gain = current_rtt.saturating_sub(rtt);
+                    gain >= MIN_GAIN && gain >= current_rtt / GAIN_FRACTION
+                }
+            },
         };
         if better {
             self.current = addr;
+            self.current_relayed = relayed;
         }
         better
     }
@@ -80,37 +92,51 @@ mod tests {
 
     #[test]
     fn the_lan_replaces_a_public_path_and_is_kept() {
-        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(40));
-        assert!(choice.answered(addr("10.1.0.3:5000"), ms(45)));
+        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(40), false);
+        assert!(choice.answered(addr("10.1.0.3:5000"), ms(45), false));
         assert_eq!(choice.current(), addr("10.1.0.3:5000"));
         // A public path never displaces the LAN, however fast it looks.
-        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(1)));
+        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(1), false));
     }
 
     #[test]
     fn a_clearly_faster_pair_wins_and_jitter_does_not() {
-        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(100));
+        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(100), false);
         assert!(
-            !choice.answered(addr("198.51.100.9:7000"), ms(90)),
+            !choice.answered(addr("198.51.100.9:7000"), ms(90), false),
             "10 % is jitter"
         );
-        assert!(choice.answered(addr("198.51.100.9:7000"), ms(60)));
+        assert!(choice.answered(addr("198.51.100.9:7000"), ms(60), false));
         assert_eq!(choice.current(), addr("198.51.100.9:7000"));
         // The old path's later samples are compared with the best seen on the new one.
-        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(55)));
+        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(55), false));
         assert_eq!(choice.rtt(addr("198.51.100.9:7000")), Some(ms(60)));
     }
 
     #[test]
     fn tiny_gains_on_fast_paths_do_not_move_the_connection() {
-        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), Duration::from_micros(900));
-        assert!(!choice.answered(addr("198.51.100.9:7000"), Duration::from_micros(300)));
+        let mut choice =
+            PathChoice::new(addr("203.0.113.2:7000"), Duration::from_micros(900), false);
+        assert!(!choice.answered(addr("198.51.100.9:7000"), Duration::from_micros(300), false));
+    }
+
+    #[test]
+    fn a_direct_pair_takes_over_from_a_relay_and_never_gives_way_to_one() {
+        let mut choice = PathChoice::new(addr("250.0.0.1:1"), ms(30), true);
+        assert!(choice.relayed());
+        assert!(
+            !choice.answered(addr("250.0.0.2:1"), ms(28), true),
+            "relay to relay needs a real gain"
+        );
+        assert!(choice.answered(addr("203.0.113.2:7000"), ms(80), false));
+        assert!(!choice.relayed());
+        assert!(!choice.answered(addr("250.0.0.1:1"), ms(1), true));
     }
 
     #[test]
     fn answers_on_the_current_pair_only_update_its_round_trip() {
-        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(50));
-        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(30)));
+        let mut choice = PathChoice::new(addr("203.0.113.2:7000"), ms(50), false);
+        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(30), false));
         assert_eq!(choice.rtt(addr("203.0.113.2:7000")), Some(ms(30)));
     }
 }

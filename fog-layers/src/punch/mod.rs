@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fog_core::attempt::public_ip;
+use fog_core::attempt::{is_local_only, public_ip};
 use fog_core::trickle::gathered;
 use fog_core::{
     Attempt, BoxError, Candidate, CandidateKind, CandidateList, CheckEvent, ConnectError,
-    Connection, Event, EventBus, PathKind, PathSocket, PeerId, Prober, RemoteTrickle, SelectedPath,
-    SessionKeys, Strategy,
+    Connection, Event, EventBus, PathKind, PathSocket, PeerId, Prober, RelayHandle, RemoteTrickle,
+    SelectedPath, SessionKeys, Strategy,
 };
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -31,6 +31,7 @@ pub use schedule::{
     select_targets, PunchAction, PunchSchedule, TargetFilter, MAX_REMOTE_CANDIDATES,
 };
 
+use crate::relay::RELAY_GATHERING;
 use crate::spray::{peer_public_ip, Spray, SprayRole, WAVE_INTERVAL};
 
 use crate::strategy::NatClass;
@@ -147,6 +148,18 @@ fn needs_all_candidates(attempt: &Attempt) -> bool {
         || attempt.strategy == Some(Strategy::Spray)
 }
 
+/// Whether the peer's direct candidates are in: its predictions behind a sequential NAT, its
+/// server-reflexive address behind any other. (Its relay candidate may come later; it costs no
+/// port.)
+fn direct_candidates_in(remote_nat: NatClass, list: &CandidateList) -> bool {
+    let has = |kind| list.candidates.iter().any(|c| c.kind == kind);
+    match remote_nat {
+        NatClass::SymmetricSequential => has(CandidateKind::Predicted),
+        NatClass::Open | NatClass::UdpBlocked | NatClass::Unknown => true,
+        _ => has(CandidateKind::Srflx),
+    }
+}
+
 /// The checks of one attempt on the node's socket: the schedule, what came back, and the
 /// peer's candidates as they trickle in.
 struct Checks {
@@ -159,6 +172,10 @@ struct Checks {
     trickle: Option<RemoteTrickle>,
     /// Every candidate of the peer so far, to name the kind of the pair that answers.
     known: Vec<Candidate>,
+    /// Targets that go through a relay (ours or the peer's).
+    relayed: std::collections::HashSet<SocketAddr>,
+    /// Our relay allocations, once made.
+    relays: Vec<Arc<dyn RelayHandle>>,
     events: EventBus,
     probes: u32,
 }
@@ -183,11 +200,51 @@ impl Checks {
             .filter(|c| !self.known.iter().any(|k| k.addr == c.addr))
             .collect();
         self.known.extend(&fresh);
+        for c in fresh.iter().filter(|c| c.kind == CandidateKind::Relay) {
+            self.relayed.insert(c.addr);
+            self.prober.note_peer_relay(c.addr);
+        }
         let wanted: Vec<Candidate> = fresh
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|c| self.filter.accepts(c))
             .collect();
         for target in self.schedule.add_candidates(&wanted, self.local) {
+            self.check(target);
+        }
+        self.add_relay_paths(&fresh);
+    }
+
+    /// Our relay allocations are in: the peer's public candidates get a path through each.
+    fn relays_ready(&mut self, relays: Vec<Arc<dyn RelayHandle>>) {
+        self.relays = relays;
+        let known = self.known.clone();
+        self.add_relay_paths(&known);
+    }
+
+    /// Checks through our relays to the peer's public candidates. Besides being paths, they
+    /// open the relay's permission for the peer's IP, so that the peer's checks to our relayed
+    /// address get through.
+    fn add_relay_paths(&mut self, remote: &[Candidate]) {
+        if self.relays.is_empty() {
+            return;
+        }
+        let mut paths = Vec::new();
+        for c in remote {
+            if is_local_only(c.addr.ip()) || c.kind == CandidateKind::Relay {
+                continue;
+            }
+            for relay in &self.relays {
+                let path = relay.path_to(c.addr);
+                self.relayed.insert(path);
+                paths.push(Candidate {
+                    addr: path,
+                    kind: CandidateKind::Relay,
+                    priority: c.priority / 256,
+                });
+            }
+        }
+        for target in self.schedule.add_relay_paths(&paths) {
             self.check(target);
         }
     }
@@ -196,10 +253,7 @@ impl Checks {
     fn on_trickle(&mut self, list: Option<CandidateList>) {
         match list {
             Some(list) => self.take_trickled(&list),
-            None => {
-                self.trickle = None;
-                self.schedule.expect_more(false);
-            }
+            None => self.trickle = None,
         }
     }
 
@@ -215,10 +269,22 @@ impl Checks {
                 kind: CandidateKind::Prflx,
                 priority: 0,
             });
+        let relayed = self.relayed.contains(&remote);
         SelectedPath {
-            remote: candidate,
+            remote: Candidate {
+                kind: if relayed {
+                    CandidateKind::Relay
+                } else {
+                    candidate.kind
+                },
+                ..candidate
+            },
             local: local_address_towards(local, remote),
-            kind: PathKind::Direct,
+            kind: if relayed {
+                PathKind::Relay
+            } else {
+                PathKind::Direct
+            },
             rtt,
         }
     }
@@ -228,7 +294,12 @@ impl Checks {
     async fn refine(mut self, peer: PeerId, mut choice: PathChoice) {
         // tokio's clock, so that tests with a paused clock run the schedule without waiting.
         let now = || tokio::time::Instant::now().into_std();
-        let until = now() + REFINE_FOR;
+        // On a relay, the direct pairs get the whole punch time to answer.
+        let until = if choice.relayed() {
+            self.schedule.deadline().max(now() + REFINE_FOR)
+        } else {
+            now() + REFINE_FOR
+        };
         loop {
             if now() >= until {
                 return;
@@ -247,14 +318,15 @@ impl Checks {
                             None => return,
                             Some(CheckEvent::Answered(reply)) => {
                                 let from = choice.current();
-                                if choice.answered(reply.remote, reply.rtt)
+                                let relayed = self.relayed.contains(&reply.remote);
+                                if choice.answered(reply.remote, reply.rtt, relayed)
                                     && self.prober.route_to(&peer, reply.remote).is_some()
                                 {
                                     tracing::debug!(%from, to = %reply.remote, rtt = ?reply.rtt, "better path");
                                     self.events.emit(Event::PathChanged {
                                         from,
                                         to: reply.remote,
-                                        kind: PathKind::Direct,
+                                        kind: if relayed { PathKind::Relay } else { PathKind::Direct },
                                         rtt: reply.rtt,
                                     });
                                 }
@@ -298,9 +370,19 @@ async fn punch(
     let mut local_candidates = attempt.local_candidates.clone();
     let mut trickle = attempt.remote_trickle.clone();
     if needs_all_candidates(attempt) {
-        local_candidates.extend(gathered(&attempt.local_gathering).await);
+        let direct: Vec<_> = attempt
+            .local_gathering
+            .iter()
+            .filter(|g| g.what != RELAY_GATHERING)
+            .cloned()
+            .collect();
+        local_candidates.extend(gathered(&direct).await);
         if let Some(t) = trickle.as_mut() {
-            remote_candidates.extend(t.complete_within(TRICKLE_WAIT).await.candidates);
+            let remote_nat = NatClass::of(remote.nat.as_ref());
+            let list = t
+                .wait_for(TRICKLE_WAIT, |l| direct_candidates_in(remote_nat, l))
+                .await;
+            remote_candidates.extend(list.candidates);
         }
     } else if let Some(t) = &trickle {
         remote_candidates.extend(t.current().candidates);
@@ -312,11 +394,20 @@ async fn punch(
         &local_candidates,
         &remote_candidates,
     );
+    let filter = TargetFilter {
+        only_relayed: attempt.strategy == Some(Strategy::RelayOnly),
+        ..filter
+    };
     let targets: Vec<Candidate> = remote_candidates
         .iter()
         .copied()
         .filter(|c| filter.accepts(c))
         .collect();
+    let relay_ready = attempt
+        .local_gathering
+        .iter()
+        .find(|g| g.what == RELAY_GATHERING)
+        .map(|g| g.result());
     let local = prober.local_addr();
     // tokio's clock, so that tests with a paused clock run the schedule without waiting.
     let now = || tokio::time::Instant::now().into_std();
@@ -338,11 +429,24 @@ async fn punch(
         schedule: PunchSchedule::new(&targets, local, now(), config),
         filter,
         trickle: trickle.take(),
+        relayed: remote_candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Relay)
+            .map(|c| c.addr)
+            .collect(),
         known: remote_candidates,
+        relays: Vec::new(),
         events: attempt.events.clone(),
         probes: 0,
     };
-    checks.schedule.expect_more(checks.trickle.is_some());
+    for addr in &checks.relayed {
+        prober.note_peer_relay(*addr);
+    }
+    let relay_slot = attempt.relays.clone();
+    let mut relay_ready = relay_ready.map(Box::pin);
+    // Even with no target yet, the peer's own checks may bring one (a peer-reflexive
+    // candidate), as may its trickle: wait for them until the deadline.
+    checks.schedule.expect_more(true);
     let (spray_tx, mut spray_events) = mpsc::unbounded_channel();
     let mut spray = spray_role(attempt).map(|role| Spray::new(role, attempt.session, spray_tx));
     let mut next_wave = spray.as_ref().map(|_| tokio::time::Instant::now());
@@ -372,6 +476,10 @@ async fn punch(
                         }
                     },
                     list = next_trickle(&mut checks.trickle), if checks.trickle.is_some() => checks.on_trickle(list),
+                    _ = async { relay_ready.as_mut().expect("guarded").await }, if relay_ready.is_some() => {
+                        relay_ready = None;
+                        checks.relays_ready(relay_slot.all());
+                    }
                     Some((index, event)) = spray_events.recv() => {
                         let Some(socket) = spray.as_ref().and_then(|s| s.sockets.get(index)).cloned() else {
                             continue;
@@ -429,7 +537,8 @@ async fn punch(
     if socket.is_none() {
         if let Some(peer) = peer {
             if prober.route_to(&peer, path.remote.addr).is_some() {
-                let choice = PathChoice::new(path.remote.addr, path.rtt);
+                let choice =
+                    PathChoice::new(path.remote.addr, path.rtt, path.kind == PathKind::Relay);
                 let span = tracing::debug_span!("refine", session = %attempt.session.id_hex());
                 tokio::spawn(checks.refine(peer, choice).instrument(span));
             }

@@ -12,6 +12,9 @@ use super::PunchConfig;
 /// arbitrary list of addresses.
 pub const MAX_REMOTE_CANDIDATES: usize = 16;
 
+/// Most paths through our relays checked per attempt.
+pub const MAX_RELAY_PATHS: usize = 8;
+
 /// Which of the peer's candidates are worth a check.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetFilter {
@@ -22,6 +25,9 @@ pub struct TargetFilter {
     /// Both sides offer predicted ports (two sequential NATs): only those are checked, so that
     /// the k-th check of each side leaves from the port the other predicted as its k-th.
     pub only_predicted: bool,
+    /// No direct path can exist (the strategy says relay only): only the peer's relay
+    /// candidates are checked directly.
+    pub only_relayed: bool,
 }
 
 impl TargetFilter {
@@ -37,11 +43,18 @@ impl TargetFilter {
         TargetFilter {
             different_nats: matches!((local_public, remote_public), (Some(a), Some(b)) if a != b),
             only_predicted: predicted(local) && predicted(remote),
+            only_relayed: false,
         }
     }
 
     /// Whether `candidate` gets checks.
     pub fn accepts(&self, candidate: &Candidate) -> bool {
+        if self.only_relayed {
+            return candidate.kind == CandidateKind::Relay;
+        }
+        if candidate.kind == CandidateKind::Relay {
+            return true;
+        }
         if self.only_predicted {
             return candidate.kind == CandidateKind::Predicted;
         }
@@ -85,6 +98,7 @@ pub struct PunchSchedule {
     config: PunchConfig,
     /// The peer may still trickle candidates: no targets yet is no reason to give up.
     more_coming: bool,
+    relay_paths: usize,
 }
 
 impl PunchSchedule {
@@ -109,6 +123,7 @@ impl PunchSchedule {
             deadline: now + config.timeout,
             config,
             more_coming: false,
+            relay_paths: 0,
         }
     }
 
@@ -149,6 +164,25 @@ impl PunchSchedule {
     /// Whether the peer may still send candidates (it trickles and has not said it is done).
     pub fn expect_more(&mut self, more: bool) {
         self.more_coming = more;
+    }
+
+    /// Adds paths through our relays; they have a cap of their own, so that relaying never
+    /// crowds out direct candidates. Returns the new ones, to be checked at once.
+    pub fn add_relay_paths(&mut self, paths: &[Candidate]) -> Vec<SocketAddr> {
+        let mut added = Vec::new();
+        for path in paths {
+            if !self.targets.contains(&path.addr) && self.relay_paths < MAX_RELAY_PATHS {
+                self.targets.push(path.addr);
+                self.relay_paths += 1;
+                added.push(path.addr);
+            }
+        }
+        added
+    }
+
+    /// When the schedule gives up.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// Whether the schedule is out of time at `now`.

@@ -1,0 +1,156 @@
+//! `RelayFallbackLayer`: a relay path beside the direct ones, so that every pair of peers
+//! connects, and the first bytes need not wait for punching.
+//!
+//! The layer asks the signal server for relay credentials for this peer, allocates on the
+//! relays in the background (on the node's own socket) and keeps the first allocation that
+//! succeeds: the relay that answers first is the nearest. Its address goes to the peer as a
+//! `relay` candidate, trickled like the others. The punch layer then checks the relay pairs
+//! together with the direct ones: whichever answers first carries the connection, and a direct
+//! pair found later takes it over (relay first, then upgrade). Put it before `SignalLayer`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use fog_core::{
+    Attempt, BoxError, Candidate, Connection, Event, EventBus, Gathering, PeerRef, Prober,
+    RelaySlot, Signaller, TurnTransport, TurnUrl,
+};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tower::{Service, ServiceExt};
+use tower_layer::Layer;
+
+use crate::future::{take_inner, ResponseFuture};
+
+/// What the background lookup of relay candidates is called in `Attempt::local_gathering`.
+pub const RELAY_GATHERING: &str = "relay";
+
+/// Allocates relay paths through `prober`, with credentials from `signaller`.
+#[derive(Clone)]
+pub struct RelayFallbackLayer {
+    prober: Arc<dyn Prober>,
+    signaller: Arc<dyn Signaller>,
+}
+
+impl RelayFallbackLayer {
+    /// A layer that allocates from `prober`'s socket with credentials the signal server issues.
+    pub fn new(prober: Arc<dyn Prober>, signaller: Arc<dyn Signaller>) -> Self {
+        RelayFallbackLayer { prober, signaller }
+    }
+}
+
+impl<S> Layer<S> for RelayFallbackLayer {
+    type Service = RelayFallback<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RelayFallback {
+            inner,
+            prober: self.prober.clone(),
+            signaller: self.signaller.clone(),
+        }
+    }
+}
+
+/// The service of [`RelayFallbackLayer`].
+#[derive(Clone)]
+pub struct RelayFallback<S> {
+    inner: S,
+    prober: Arc<dyn Prober>,
+    signaller: Arc<dyn Signaller>,
+}
+
+/// Resolves a relay URL to the address this socket can reach over UDP; `None` for TCP relays
+/// and names that do not resolve.
+async fn udp_relay(url: &str, local: SocketAddr) -> Option<SocketAddr> {
+    let url: TurnUrl = url.parse().ok()?;
+    if url.transport != TurnTransport::Udp {
+        return None;
+    }
+    let found = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .ok()?
+        .find(|a| a.is_ipv4() == local.is_ipv4());
+    found
+}
+
+/// Gets credentials and allocates on every relay at once; the first allocation wins and the
+/// others are dropped (which ends them).
+async fn allocate_nearest(
+    prober: Arc<dyn Prober>,
+    signaller: Arc<dyn Signaller>,
+    peer: PeerRef,
+    slot: RelaySlot,
+    events: EventBus,
+) -> Vec<Candidate> {
+    let grants = match signaller.relay_credentials(peer).await {
+        Ok(grants) => grants,
+        Err(e) => {
+            tracing::debug!(error = %e, "no relay credentials");
+            return Vec::new();
+        }
+    };
+    let local = prober.local_addr();
+    let mut allocations = FuturesUnordered::new();
+    for grant in grants {
+        let prober = prober.clone();
+        allocations.push(async move {
+            let server = udp_relay(&grant.url, local)
+                .await
+                .ok_or_else(|| format!("{} is not a UDP relay this socket can reach", grant.url))?;
+            prober
+                .allocate_relay(server, grant.username, grant.password)
+                .await
+        });
+    }
+    while let Some(result) = allocations.next().await {
+        match result {
+            Ok(relay) => {
+                let allocated = relay.relayed_addr();
+                events.emit(Event::RelayAllocated {
+                    relay: relay.server(),
+                    allocated,
+                });
+                let candidate = Candidate::relay(allocated);
+                events.emit(Event::CandidateGathered { candidate });
+                slot.push(relay);
+                return vec![candidate];
+            }
+            Err(e) => tracing::debug!(error = %e, "relay allocation failed"),
+        }
+    }
+    Vec::new()
+}
+
+impl<S> Service<Attempt> for RelayFallback<S>
+where
+    S: Service<Attempt, Response = Connection> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut attempt: Attempt) -> Self::Future {
+        let inner = take_inner(&mut self.inner);
+        let lookup = allocate_nearest(
+            self.prober.clone(),
+            self.signaller.clone(),
+            attempt.target.clone(),
+            attempt.relays.clone(),
+            attempt.events.clone(),
+        );
+        ResponseFuture::new(async move {
+            use tracing::Instrument;
+            let span = tracing::debug_span!("relay", target = %attempt.target);
+            attempt
+                .local_gathering
+                .push(Gathering::spawn(RELAY_GATHERING, lookup.instrument(span)));
+            inner.oneshot(attempt).await.map_err(Into::into)
+        })
+    }
+}
