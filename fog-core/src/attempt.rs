@@ -350,6 +350,29 @@ impl fmt::Debug for RelaySlot {
     }
 }
 
+/// Held by an attempt and by the connection it becomes; [`Lifeline::alive`] says whether any
+/// holder is left. Clones held for watching count too, so watchers keep a [`LifelineWatch`].
+#[derive(Clone, Debug, Default)]
+pub struct Lifeline(std::sync::Arc<()>);
+
+impl Lifeline {
+    /// A handle that does not keep the attempt alive.
+    pub fn watch(&self) -> LifelineWatch {
+        LifelineWatch(std::sync::Arc::downgrade(&self.0))
+    }
+}
+
+/// Watches a [`Lifeline`] without holding it.
+#[derive(Clone, Debug)]
+pub struct LifelineWatch(std::sync::Weak<()>);
+
+impl LifelineWatch {
+    /// Whether the attempt or its connection still lives.
+    pub fn alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}
+
 /// A path through a relay (filled by a relay layer when present).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RelayPath {
@@ -449,6 +472,9 @@ pub struct Attempt {
     pub remote_trickle: Option<crate::trickle::RemoteTrickle>,
     /// Relay allocations made for this attempt (relay layer); the connection keeps them.
     pub relays: RelaySlot,
+    /// Alive while the attempt or the connection it became is: background work for the
+    /// connection (watching its path) stops when it dies.
+    pub lifeline: Lifeline,
     /// The chosen path (punch layer or relay layer).
     pub path: Option<SelectedPath>,
     /// The socket the path leaves from, when it is not the node's main socket (birthday
@@ -481,6 +507,7 @@ impl Attempt {
             local_gathering: Vec::new(),
             remote_trickle: None,
             relays: RelaySlot::default(),
+            lifeline: Lifeline::default(),
             path: None,
             path_socket: None,
             protocol: None,

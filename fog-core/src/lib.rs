@@ -23,11 +23,11 @@ pub mod probe;
 pub mod signal;
 pub mod stun;
 pub mod trickle;
-pub mod turn_url;
+pub mod turn;
 
 pub use attempt::{
-    Attempt, Candidate, CandidateKind, NatProfile, PathKind, PathSocket, PeerRef, Protocol,
-    RelayPath, RelaySlot, RemoteInfo, Role, SelectedPath, SessionKeys, Strategy,
+    Attempt, Candidate, CandidateKind, Lifeline, LifelineWatch, NatProfile, PathKind, PathSocket,
+    PeerRef, Protocol, RelayPath, RelaySlot, RemoteInfo, Role, SelectedPath, SessionKeys, Strategy,
 };
 pub use connection::{
     BiStream, Connection, ConnectionError, ConnectionInfo, ConnectionStats, RecvHalf, SendHalf,
@@ -40,4 +40,4 @@ pub use nat::{Filtering, Mapping, NatType, PortAllocation};
 pub use probe::{CheckEvent, CheckReply, Prober, RelayHandle};
 pub use signal::{AnswerFrom, SessionDescription, Signaller};
 pub use trickle::{CandidateList, Gathering, RemoteTrickle};
-pub use turn_url::{TurnTransport, TurnUrl};
+pub use turn::{TurnTransport, TurnUrl};

@@ -85,15 +85,16 @@ pub trait Prober: Send + Sync + 'static {
         None
     }
 
-    /// Allocates on the TURN relay `server` with these credentials, from this prober's socket.
-    /// The default cannot relay.
+    /// Allocates on the TURN relay `server` with these credentials, from this prober's socket
+    /// (TURN over UDP) or from a TCP connection of its own. The default cannot relay.
     fn allocate_relay(
         self: Arc<Self>,
         server: SocketAddr,
+        transport: crate::turn::TurnTransport,
         username: String,
         password: String,
     ) -> BoxFuture<'static, Result<Arc<dyn RelayHandle>, String>> {
-        let _ = (server, username, password);
+        let _ = (server, transport, username, password);
         Box::pin(async { Err("this socket cannot use relays".to_string()) })
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fog_core::{
-    Attempt, BoxError, Candidate, Connection, Event, EventBus, Gathering, PeerRef, Prober,
+    Attempt, BoxError, Candidate, Connection, Event, EventBus, Gathering, NatType, PeerRef, Prober,
     RelaySlot, Signaller, TurnTransport, TurnUrl,
 };
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -59,11 +59,11 @@ pub struct RelayFallback<S> {
     signaller: Arc<dyn Signaller>,
 }
 
-/// Resolves a relay URL to the address this socket can reach over UDP; `None` for TCP relays
-/// and names that do not resolve.
-async fn udp_relay(url: &str, local: SocketAddr) -> Option<SocketAddr> {
+/// Resolves a relay URL of `transport` to an address of the socket's family; `None` for other
+/// transports and names that do not resolve.
+async fn relay_addr(url: &str, transport: TurnTransport, local: SocketAddr) -> Option<SocketAddr> {
     let url: TurnUrl = url.parse().ok()?;
-    if url.transport != TurnTransport::Udp {
+    if url.transport != transport {
         return None;
     }
     let found = tokio::net::lookup_host((url.host.as_str(), url.port))
@@ -79,6 +79,7 @@ async fn allocate_nearest(
     prober: Arc<dyn Prober>,
     signaller: Arc<dyn Signaller>,
     peer: PeerRef,
+    transport: TurnTransport,
     slot: RelaySlot,
     events: EventBus,
 ) -> Vec<Candidate> {
@@ -94,11 +95,13 @@ async fn allocate_nearest(
     for grant in grants {
         let prober = prober.clone();
         allocations.push(async move {
-            let server = udp_relay(&grant.url, local)
+            let server = relay_addr(&grant.url, transport, local)
                 .await
-                .ok_or_else(|| format!("{} is not a UDP relay this socket can reach", grant.url))?;
+                .ok_or_else(|| {
+                    format!("{} is not a {transport:?} relay we can reach", grant.url)
+                })?;
             prober
-                .allocate_relay(server, grant.username, grant.password)
+                .allocate_relay(server, transport, grant.username, grant.password)
                 .await
         });
     }
@@ -137,10 +140,16 @@ where
 
     fn call(&mut self, mut attempt: Attempt) -> Self::Future {
         let inner = take_inner(&mut self.inner);
+        // Where UDP is blocked, the relay is reached over TCP; everyone else uses UDP.
+        let transport = match attempt.local_nat.as_ref().and_then(|n| n.nat_type) {
+            Some(NatType::UdpBlocked) => TurnTransport::Tcp,
+            _ => TurnTransport::Udp,
+        };
         let lookup = allocate_nearest(
             self.prober.clone(),
             self.signaller.clone(),
             attempt.target.clone(),
+            transport,
             attempt.relays.clone(),
             attempt.events.clone(),
         );

@@ -334,6 +334,7 @@ impl Service<Attempt> for QuicTransport {
                     socket,
                     dedicated,
                     _relays: attempt.relays.clone(),
+                    _lifeline: attempt.lifeline.clone(),
                 }),
                 ConnectionInfo::from_attempt(&attempt, peer, Protocol::Quic),
                 attempt.events.clone(),
@@ -358,6 +359,8 @@ struct QuicConnection {
     socket: Arc<FogSocket>,
     /// The relay allocations the connection may run over: they live as long as it does.
     _relays: fog_core::RelaySlot,
+    /// Keeps the watch over the connection's path going.
+    _lifeline: fog_core::Lifeline,
     /// The endpoint on the path's own socket (birthday spraying), closed with the connection.
     dedicated: Option<quinn::Endpoint>,
 }

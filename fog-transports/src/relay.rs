@@ -19,8 +19,14 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 use webrtc_util::Conn;
 
+use fog_core::turn::{frame, read_frame};
+use fog_core::TurnTransport;
+use tokio::io::AsyncWriteExt;
+
 use crate::socket::FogSocket;
 
+/// How long the TCP connection to a relay may take.
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an allocation may take: two round trips to the relay, with retransmissions.
 const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagrams queued towards one relay before new ones are dropped (as a congested link would).
@@ -50,6 +56,9 @@ pub enum RelayError {
 pub struct RelayServer {
     /// The relay's address.
     pub addr: SocketAddr,
+    /// TURN over UDP from the node's socket, or over a TCP connection of its own (for networks
+    /// that block UDP; the relayed side stays UDP).
+    pub transport: TurnTransport,
     /// TURN username.
     pub username: String,
     /// TURN password.
@@ -170,22 +179,127 @@ impl Conn for ServerConn {
     }
 }
 
+/// The TURN client's view of a TCP connection to the relay: TURN messages framed on the
+/// stream, as datagrams from the relay.
+struct TcpServerConn {
+    local: SocketAddr,
+    server: SocketAddr,
+    writer: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TcpServerConn {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl TcpServerConn {
+    async fn connect(server: SocketAddr) -> io::Result<TcpServerConn> {
+        let stream =
+            tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(server))
+                .await
+                .map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, "TCP connect to the relay")
+                })??;
+        let _ = stream.set_nodelay(true);
+        let local = stream.local_addr()?;
+        let (mut read, write) = stream.into_split();
+        let (tx, incoming) = mpsc::channel(SEND_QUEUE);
+        let reader = tokio::spawn(async move {
+            while let Ok(message) = read_frame(&mut read).await {
+                if tx.send(message).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(TcpServerConn {
+            local,
+            server,
+            writer: tokio::sync::Mutex::new(write),
+            incoming: tokio::sync::Mutex::new(incoming),
+            reader,
+        })
+    }
+}
+
+#[async_trait]
+impl Conn for TcpServerConn {
+    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
+        Err(webrtc_util::Error::Other("not applicable".into()))
+    }
+
+    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
+        self.recv_from(buf).await.map(|(n, _)| n)
+    }
+
+    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
+        let message = self.incoming.lock().await.recv().await.ok_or_else(closed)?;
+        let len = message.len().min(buf.len());
+        buf[..len].copy_from_slice(&message[..len]);
+        Ok((len, self.server))
+    }
+
+    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
+        self.send_to(buf, self.server).await
+    }
+
+    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
+        self.writer
+            .lock()
+            .await
+            .write_all(&frame(buf))
+            .await
+            .map_err(|e| webrtc_util::Error::Io(e.into()))?;
+        Ok(buf.len())
+    }
+
+    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
+        Ok(self.local)
+    }
+
+    fn remote_addr(&self) -> Option<SocketAddr> {
+        Some(self.server)
+    }
+
+    async fn close(&self) -> webrtc_util::Result<()> {
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
+        self
+    }
+}
+
 /// Allocates on `relay` from `socket`.
 pub(crate) async fn allocate(
     socket: &Arc<FogSocket>,
     relay: &RelayServer,
 ) -> Result<RelayAllocation, RelayError> {
-    let (from_server, incoming) = mpsc::unbounded_channel();
-    let (id, mut to_send) = socket.attach_relay(relay.addr, from_server);
-    let conn = ServerConn {
-        socket: Arc::downgrade(socket),
-        local: socket.local_addr(),
-        server: relay.addr,
-        incoming: tokio::sync::Mutex::new(incoming),
-    };
     let refused = |reason: String| RelayError::Refused {
         server: relay.addr,
         reason,
+    };
+    let (id, mut to_send, conn): (_, _, Arc<dyn Conn + Send + Sync>) = match relay.transport {
+        TurnTransport::Udp => {
+            let (from_server, incoming) = mpsc::unbounded_channel();
+            let (id, to_send) = socket.attach_relay(relay.addr, Some(from_server));
+            let conn = ServerConn {
+                socket: Arc::downgrade(socket),
+                local: socket.local_addr(),
+                server: relay.addr,
+                incoming: tokio::sync::Mutex::new(incoming),
+            };
+            (id, to_send, Arc::new(conn))
+        }
+        TurnTransport::Tcp => {
+            let conn = TcpServerConn::connect(relay.addr)
+                .await
+                .map_err(|e| refused(e.to_string()))?;
+            let (id, to_send) = socket.attach_relay(relay.addr, None);
+            (id, to_send, Arc::new(conn))
+        }
     };
     let detach = |e| {
         socket.detach_relay(id, relay.addr);
@@ -199,7 +313,7 @@ pub(crate) async fn allocate(
         realm: String::new(),
         software: "fog".into(),
         rto_in_ms: 0,
-        conn: Arc::new(conn),
+        conn,
         vnet: None,
     })
     .await

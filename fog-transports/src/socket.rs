@@ -245,13 +245,15 @@ impl FogSocket {
     pub(crate) fn attach_relay(
         &self,
         server: SocketAddr,
-        from_server: mpsc::UnboundedSender<Vec<u8>>,
+        from_server: Option<mpsc::UnboundedSender<Vec<u8>>>,
     ) -> (u32, mpsc::Receiver<(Vec<u8>, SocketAddr)>) {
         let (tx, rx) = crate::relay::send_queue();
         let mut relays = self.relays();
         relays.next_allocation += 1;
         let id = relays.next_allocation;
-        relays.servers.insert(canonical(server), from_server);
+        if let Some(from_server) = from_server {
+            relays.servers.insert(canonical(server), from_server);
+        }
         relays.links.insert(id, tx);
         relays.link_servers.insert(id, server);
         self.relaying
@@ -521,12 +523,14 @@ impl Prober for FogSocket {
     fn allocate_relay(
         self: Arc<Self>,
         server: SocketAddr,
+        transport: fog_core::TurnTransport,
         username: String,
         password: String,
     ) -> BoxFuture<'static, Result<Arc<dyn fog_core::RelayHandle>, String>> {
         Box::pin(async move {
             let relay = crate::relay::RelayServer {
                 addr: server,
+                transport,
                 username,
                 password,
             };

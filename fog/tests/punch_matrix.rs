@@ -1,43 +1,13 @@
 //! Two `fog` nodes behind every pair of NAT behaviours of the test bed: `fog serve` behind one
 //! router, `fog connect --json` behind the other, through a real `fog server` with STUN.
 
+mod lab;
+
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Output;
 use std::time::Duration;
 
-use fog_natlab::process::{output_within, spawn_until_line, ChildGuard};
-use fog_natlab::{Host, Lab, Link, NatBehaviour};
-
-const FOG: &str = env!("CARGO_BIN_EXE_fog");
-const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
-
-/// Starts `fog ARGS` in `host` and waits (bounded) for a stdout line starting with `prefix`.
-fn start(host: &Host, args: &[&str], prefix: &str) -> ChildGuard {
-    spawn_until_line(
-        host.command(FOG).args(args),
-        prefix,
-        Duration::from_secs(15),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-    .0
-}
-
-/// Runs `fog connect` in `host`, killed after 30 s.
-fn connect(host: &Host, peer: &str) -> Output {
-    output_within(
-        host.command(FOG).args([
-            "connect",
-            peer,
-            "--signal",
-            SIGNAL,
-            "--json",
-            "--timeout",
-            "20",
-        ]),
-        Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("{e}"))
-}
+use fog_natlab::{Host, Link, NatBehaviour};
+use lab::*;
 
 /// What must happen between a dialer behind `a` and a server behind `b`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,33 +100,8 @@ fn the_same_with_25_ms_delay_and_2_percent_loss_on_every_access_link() {
     });
 }
 
-/// A lab whose server host (203.0.113.9 and .10) runs `fog server` with RFC 5780 STUN.
-fn lab_with_fog_server() -> (Lab, ChildGuard) {
-    let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
-    let server = lab
-        .server(&[
-            Ipv4Addr::new(203, 0, 113, 9),
-            Ipv4Addr::new(203, 0, 113, 10),
-        ])
-        .unwrap();
-    let fog_server = start(
-        &server,
-        &[
-            "server",
-            "--signal",
-            "203.0.113.9:7600",
-            "--stun",
-            "203.0.113.9:3478",
-            "--stun-alt",
-            "203.0.113.10:3479",
-        ],
-        "fog signal server on",
-    );
-    (lab, fog_server)
-}
-
 fn run_matrix(access: Link) {
-    let (mut lab, _fog_server) = lab_with_fog_server();
+    let (mut lab, _fog_server) = lab_with_fog_server(false);
     let mut pairs = Vec::new();
     // FOG_MATRIX_PAIRS="full-cone x open,open x open" runs just those pairs (for debugging).
     let only: Option<Vec<String>> = std::env::var("FOG_MATRIX_PAIRS")
@@ -222,7 +167,7 @@ fn run_matrix(access: Link) {
 
 #[test]
 fn two_hosts_behind_one_nat_connect_over_their_lan() {
-    let (mut lab, _fog_server) = lab_with_fog_server();
+    let (mut lab, _fog_server) = lab_with_fog_server(false);
     for nat in [
         NatBehaviour::PortRestrictedCone,
         NatBehaviour::SymmetricRandom,

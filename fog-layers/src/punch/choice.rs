@@ -46,6 +46,12 @@ impl PathChoice {
         self.best_rtt.get(&addr).copied()
     }
 
+    /// The pair in use died: `to`, which still answers, takes over whatever its round trip.
+    pub fn fall_back(&mut self, to: SocketAddr, relayed: bool) {
+        self.current = to;
+        self.current_relayed = relayed;
+    }
+
     /// A check to `addr` (through a relay when `relayed`) was answered after `rtt`. Returns
     /// true when the connection should move there: a direct pair beats any relay, the LAN
     /// beats any path through a NAT, and otherwise a clearly lower round trip wins.

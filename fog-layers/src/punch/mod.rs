@@ -16,9 +16,9 @@ use std::time::Duration;
 use fog_core::attempt::{is_local_only, public_ip};
 use fog_core::trickle::gathered;
 use fog_core::{
-    Attempt, BoxError, Candidate, CandidateKind, CandidateList, CheckEvent, ConnectError,
-    Connection, Event, EventBus, PathKind, PathSocket, PeerId, Prober, RelayHandle, RemoteTrickle,
-    SelectedPath, SessionKeys, Strategy,
+    Attempt, BoxError, Candidate, CandidateKind, CandidateList, CheckEvent, CheckReply,
+    ConnectError, Connection, Event, EventBus, LifelineWatch, PathKind, PathSocket, PeerId, Prober,
+    RelayHandle, RemoteTrickle, SelectedPath, SessionKeys, Strategy,
 };
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -135,6 +135,10 @@ fn spray_role(attempt: &Attempt) -> Option<SprayRole> {
 /// How long checks go on after the first pair answered, for a better one (the LAN, a lower
 /// round trip) to take over.
 pub const REFINE_FOR: Duration = Duration::from_secs(3);
+/// How often the pair in use is checked once the connection runs.
+pub const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
+/// A pair that has not answered for this long is dead.
+pub const DEAD_AFTER: Duration = Duration::from_millis(3500);
 /// Longest wait for the rest of the peer's candidates when a side must know them all before
 /// its first check.
 const TRICKLE_WAIT: Duration = Duration::from_secs(2);
@@ -176,6 +180,8 @@ struct Checks {
     relayed: std::collections::HashSet<SocketAddr>,
     /// Our relay allocations, once made.
     relays: Vec<Arc<dyn RelayHandle>>,
+    /// When each pair last answered.
+    last_answer: std::collections::HashMap<SocketAddr, tokio::time::Instant>,
     events: EventBus,
     probes: u32,
 }
@@ -289,58 +295,141 @@ impl Checks {
         }
     }
 
-    /// Goes on checking for [`REFINE_FOR`] after the first answer, and moves the peer's route
-    /// to any pair that [`PathChoice`] finds better.
-    async fn refine(mut self, peer: PeerId, mut choice: PathChoice) {
+    /// A check to `addr` was answered: moves the route there when [`PathChoice`] says so.
+    fn on_answer(&mut self, peer: &PeerId, choice: &mut PathChoice, reply: CheckReply) {
+        self.last_answer
+            .insert(reply.remote, tokio::time::Instant::now());
+        let from = choice.current();
+        let relayed = self.relayed.contains(&reply.remote);
+        if choice.answered(reply.remote, reply.rtt, relayed) {
+            self.move_route(peer, from, reply.remote, relayed, reply.rtt);
+        }
+    }
+
+    fn move_route(
+        &self,
+        peer: &PeerId,
+        from: SocketAddr,
+        to: SocketAddr,
+        relayed: bool,
+        rtt: Duration,
+    ) {
+        if self.prober.route_to(peer, to).is_some() {
+            tracing::debug!(%from, %to, ?rtt, relayed, "path moved");
+            self.events.emit(Event::PathChanged {
+                from,
+                to,
+                kind: if relayed {
+                    PathKind::Relay
+                } else {
+                    PathKind::Direct
+                },
+                rtt,
+            });
+        }
+    }
+
+    /// Tends the connection's path for as long as `lifeline` lives: first checks every pair
+    /// for [`REFINE_FOR`] (the punch time when on a relay) and moves to better ones, then
+    /// checks the pair in use every [`MONITOR_INTERVAL`], with a relay pair on the side. When
+    /// the pair in use stops answering for [`DEAD_AFTER`], the route falls back to the relay
+    /// (or any pair still answering); on a relay, the direct pairs keep being tried, and the
+    /// first that answers takes over again.
+    async fn tend(mut self, peer: PeerId, mut choice: PathChoice, lifeline: LifelineWatch) {
         // tokio's clock, so that tests with a paused clock run the schedule without waiting.
         let now = || tokio::time::Instant::now().into_std();
-        // On a relay, the direct pairs get the whole punch time to answer.
         let until = if choice.relayed() {
             self.schedule.deadline().max(now() + REFINE_FOR)
         } else {
             now() + REFINE_FOR
         };
-        loop {
-            if now() >= until {
+        self.last_answer
+            .insert(choice.current(), tokio::time::Instant::now());
+        while now() < until {
+            if !lifeline.alive() {
                 return;
             }
-            match self.schedule.poll(now()) {
+            let at = match self.schedule.poll(now()) {
                 PunchAction::Send(targets) => {
                     for target in targets {
                         self.check(target);
                     }
+                    continue;
                 }
-                PunchAction::GiveUp => return,
-                PunchAction::WaitUntil(at) => {
-                    let wake = tokio::time::Instant::from_std(at.min(until));
-                    tokio::select! {
-                        event = self.replies.recv() => match event {
-                            None => return,
-                            Some(CheckEvent::Answered(reply)) => {
-                                let from = choice.current();
-                                let relayed = self.relayed.contains(&reply.remote);
-                                if choice.answered(reply.remote, reply.rtt, relayed)
-                                    && self.prober.route_to(&peer, reply.remote).is_some()
-                                {
-                                    tracing::debug!(%from, to = %reply.remote, rtt = ?reply.rtt, "better path");
-                                    self.events.emit(Event::PathChanged {
-                                        from,
-                                        to: reply.remote,
-                                        kind: if relayed { PathKind::Relay } else { PathKind::Direct },
-                                        rtt: reply.rtt,
-                                    });
-                                }
-                            }
-                            Some(CheckEvent::Received { from }) => {
-                                if self.schedule.add_target(from) {
-                                    self.check(from);
-                                }
-                            }
-                        },
-                        list = next_trickle(&mut self.trickle), if self.trickle.is_some() => self.on_trickle(list),
-                        _ = tokio::time::sleep_until(wake) => {}
+                PunchAction::GiveUp => break,
+                PunchAction::WaitUntil(at) => at.min(until),
+            };
+            tokio::select! {
+                event = self.replies.recv() => match event {
+                    None => return,
+                    Some(CheckEvent::Answered(reply)) => self.on_answer(&peer, &mut choice, reply),
+                    Some(CheckEvent::Received { from }) => {
+                        if self.schedule.add_target(from) {
+                            self.check(from);
+                        }
                     }
-                }
+                },
+                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => self.on_trickle(list),
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+            }
+        }
+        let mut tick = tokio::time::interval(MONITOR_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while lifeline.alive() {
+            tokio::select! {
+                event = self.replies.recv() => match event {
+                    None => return,
+                    Some(CheckEvent::Answered(reply)) => self.on_answer(&peer, &mut choice, reply),
+                    Some(CheckEvent::Received { .. }) => {}
+                },
+                _ = tick.tick() => self.monitor_round(&peer, &mut choice),
+            }
+        }
+    }
+
+    /// One round of watching: keep-alive checks, and a fall-back when the pair in use died.
+    fn monitor_round(&mut self, peer: &PeerId, choice: &mut PathChoice) {
+        let now = tokio::time::Instant::now();
+        let current = choice.current();
+        let heard = |addr: &SocketAddr| self.last_answer.get(addr).copied();
+        let dead = heard(&current).is_none_or(|at| now.duration_since(at) > DEAD_AFTER);
+        if dead {
+            // The freshest pair still answering, a direct one first.
+            let fallback = self
+                .last_answer
+                .iter()
+                .filter(|(addr, at)| **addr != current && now.duration_since(**at) <= DEAD_AFTER)
+                .max_by_key(|(addr, at)| (!self.relayed.contains(addr), **at))
+                .map(|(addr, _)| *addr);
+            if let Some(to) = fallback {
+                let relayed = self.relayed.contains(&to);
+                choice.fall_back(to, relayed);
+                self.move_route(peer, current, to, relayed, Duration::ZERO);
+            }
+        }
+        let mut targets = vec![choice.current()];
+        if choice.relayed() {
+            // Try the direct pairs again: the path that broke may be back.
+            targets.extend(
+                self.schedule
+                    .targets()
+                    .iter()
+                    .filter(|t| !self.relayed.contains(t))
+                    .copied(),
+            );
+        } else if let Some(relay) = self
+            .relayed
+            .iter()
+            .filter(|r| heard(r).is_some())
+            .max_by_key(|r| heard(r))
+            .or_else(|| self.relayed.iter().next())
+        {
+            // Keep a relay pair warm, to fall back on.
+            targets.push(*relay);
+        }
+        for target in targets {
+            if self.prober.send_check(&self.session, target).is_ok() {
+                self.probes += 1;
             }
         }
     }
@@ -436,6 +525,7 @@ async fn punch(
             .collect(),
         known: remote_candidates,
         relays: Vec::new(),
+        last_answer: std::collections::HashMap::new(),
         events: attempt.events.clone(),
         probes: 0,
     };
@@ -539,8 +629,9 @@ async fn punch(
             if prober.route_to(&peer, path.remote.addr).is_some() {
                 let choice =
                     PathChoice::new(path.remote.addr, path.rtt, path.kind == PathKind::Relay);
-                let span = tracing::debug_span!("refine", session = %attempt.session.id_hex());
-                tokio::spawn(checks.refine(peer, choice).instrument(span));
+                let span = tracing::debug_span!("tend", session = %attempt.session.id_hex());
+                let lifeline = attempt.lifeline.watch();
+                tokio::spawn(checks.tend(peer, choice, lifeline).instrument(span));
             }
         }
     }

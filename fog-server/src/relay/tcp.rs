@@ -14,13 +14,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use webrtc_util::Conn;
 
-/// The largest message handed to the engine; it reads datagrams into 1500-byte buffers.
-pub const MAX_MESSAGE: usize = 1500;
+pub use fog_core::turn::{frame, frame_len, read_frame, Frame, FrameError, MAX_MESSAGE};
 /// Client connections served at once; further ones are closed at accept.
 const MAX_CONNECTIONS: usize = 4096;
 /// Messages queued towards one client before further ones are dropped (datagram semantics).
@@ -31,76 +30,6 @@ const READ_QUEUE: usize = 1024;
 /// every 5 minutes and allocations before their lifetime ends, so a live client is never this
 /// quiet.
 const IDLE: Duration = Duration::from_secs(11 * 60);
-
-/// How long one message on the stream is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Frame {
-    /// Bytes of the message itself (STUN message, or ChannelData header and data).
-    pub message: usize,
-    /// Bytes it takes on the stream (ChannelData padding included).
-    pub total: usize,
-}
-
-/// Why a stream cannot be cut into messages.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    /// The first byte starts neither a STUN message nor ChannelData.
-    #[error("neither STUN nor ChannelData (first byte {0:#04x})")]
-    Unknown(u8),
-    /// A STUN length that is not a multiple of 4.
-    #[error("STUN length {0} is not a multiple of 4")]
-    Misaligned(usize),
-    /// Larger than [`MAX_MESSAGE`].
-    #[error("a {0}-byte message is larger than {MAX_MESSAGE}")]
-    TooLarge(usize),
-}
-
-/// The length of the message whose first four bytes are `header`.
-pub fn frame_len(header: [u8; 4]) -> Result<Frame, FrameError> {
-    let length = u16::from_be_bytes([header[2], header[3]]) as usize;
-    let frame = match header[0] >> 6 {
-        0b00 => {
-            if length & 3 != 0 {
-                return Err(FrameError::Misaligned(length));
-            }
-            Frame {
-                message: 20 + length,
-                total: 20 + length,
-            }
-        }
-        0b01 => Frame {
-            message: 4 + length,
-            total: 4 + length.div_ceil(4) * 4,
-        },
-        _ => return Err(FrameError::Unknown(header[0])),
-    };
-    if frame.message > MAX_MESSAGE {
-        return Err(FrameError::TooLarge(frame.message));
-    }
-    Ok(frame)
-}
-
-/// `message` as it goes on a stream: ChannelData padded to a multiple of four bytes.
-pub fn frame(message: &[u8]) -> Vec<u8> {
-    let mut out = message.to_vec();
-    if message.first().is_some_and(|b| b >> 6 == 0b01) {
-        out.resize(message.len().div_ceil(4) * 4, 0);
-    }
-    out
-}
-
-/// Reads one message from `stream` (without the padding).
-pub async fn read_frame<R: AsyncReadExt + Unpin>(stream: &mut R) -> std::io::Result<Vec<u8>> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await?;
-    let frame =
-        frame_len(header).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-    let mut message = vec![0u8; frame.total];
-    message[..4].copy_from_slice(&header);
-    stream.read_exact(&mut message[4..]).await?;
-    message.truncate(frame.message);
-    Ok(message)
-}
 
 type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>;
 

@@ -1,7 +1,11 @@
-//! `turn:HOST:PORT?transport=udp|tcp` (RFC 7065), as relays are announced and configured.
+//! TURN pieces both the relay and its clients need: `turn:HOST:PORT?transport=udp|tcp` URLs
+//! (RFC 7065), as relays are announced and configured, and the framing of TURN over TCP
+//! (RFC 8656 §12.5): STUN messages carry their length, ChannelData is padded to four bytes.
 
 use std::fmt;
 use std::str::FromStr;
+
+use tokio::io::AsyncReadExt;
 
 /// How a node reaches the relay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -85,6 +89,79 @@ impl fmt::Display for TurnUrl {
         };
         write!(f, "turn:{host}:{}?transport={transport}", self.port)
     }
+}
+
+/// The largest TURN message on a stream (a relay reads datagrams into 1500-byte buffers).
+pub const MAX_MESSAGE: usize = 1500;
+
+/// How long one message on the stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Bytes of the message itself (STUN message, or ChannelData header and data).
+    pub message: usize,
+    /// Bytes it takes on the stream (ChannelData padding included).
+    pub total: usize,
+}
+
+/// Why a stream cannot be cut into messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The first byte starts neither a STUN message nor ChannelData.
+    #[error("neither STUN nor ChannelData (first byte {0:#04x})")]
+    Unknown(u8),
+    /// A STUN length that is not a multiple of 4.
+    #[error("STUN length {0} is not a multiple of 4")]
+    Misaligned(usize),
+    /// Larger than [`MAX_MESSAGE`].
+    #[error("a {0}-byte message is larger than {MAX_MESSAGE}")]
+    TooLarge(usize),
+}
+
+/// The length of the message whose first four bytes are `header`.
+pub fn frame_len(header: [u8; 4]) -> Result<Frame, FrameError> {
+    let length = u16::from_be_bytes([header[2], header[3]]) as usize;
+    let frame = match header[0] >> 6 {
+        0b00 => {
+            if length & 3 != 0 {
+                return Err(FrameError::Misaligned(length));
+            }
+            Frame {
+                message: 20 + length,
+                total: 20 + length,
+            }
+        }
+        0b01 => Frame {
+            message: 4 + length,
+            total: 4 + length.div_ceil(4) * 4,
+        },
+        _ => return Err(FrameError::Unknown(header[0])),
+    };
+    if frame.message > MAX_MESSAGE {
+        return Err(FrameError::TooLarge(frame.message));
+    }
+    Ok(frame)
+}
+
+/// `message` as it goes on a stream: ChannelData padded to a multiple of four bytes.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = message.to_vec();
+    if message.first().is_some_and(|b| b >> 6 == 0b01) {
+        out.resize(message.len().div_ceil(4) * 4, 0);
+    }
+    out
+}
+
+/// Reads one message from `stream` (without the padding).
+pub async fn read_frame<R: AsyncReadExt + Unpin>(stream: &mut R) -> std::io::Result<Vec<u8>> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await?;
+    let frame =
+        frame_len(header).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let mut message = vec![0u8; frame.total];
+    message[..4].copy_from_slice(&header);
+    stream.read_exact(&mut message[4..]).await?;
+    message.truncate(frame.message);
+    Ok(message)
 }
 
 #[cfg(test)]

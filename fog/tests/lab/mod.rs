@@ -1,0 +1,77 @@
+//! Helpers shared by the tests that run `fog` in the NAT test bed: a lab whose server host runs
+//! `fog server` (signal, RFC 5780 STUN, and a TURN relay when asked), and bounded process runs.
+#![allow(dead_code)]
+
+use std::net::Ipv4Addr;
+use std::process::Output;
+use std::time::Duration;
+
+use fog_natlab::process::{output_within, spawn_until_line, ChildGuard};
+use fog_natlab::{Host, Lab};
+
+pub const FOG: &str = env!("CARGO_BIN_EXE_fog");
+pub const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
+/// Where the lab's relay listens (TURN over UDP).
+pub const RELAY: &str = "203.0.113.9:3480";
+
+/// Starts `fog ARGS` in `host` and waits (bounded) for a stdout line starting with `prefix`.
+pub fn start(host: &Host, args: &[&str], prefix: &str) -> ChildGuard {
+    spawn_until_line(
+        host.command(FOG).args(args),
+        prefix,
+        Duration::from_secs(15),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .0
+}
+
+/// Runs `fog connect --json` to `peer` in `host`, killed after 30 s.
+pub fn connect(host: &Host, peer: &str) -> Output {
+    output_within(
+        host.command(FOG).args([
+            "connect",
+            peer,
+            "--signal",
+            SIGNAL,
+            "--json",
+            "--timeout",
+            "20",
+        ]),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A lab whose server host (203.0.113.9 and .10) runs `fog server` with RFC 5780 STUN, and a
+/// relay on [`RELAY`] (UDP and TCP) when `relay` is set, with no rate limit so that transfers
+/// stay quick.
+pub fn lab_with_fog_server(relay: bool) -> (Lab, ChildGuard) {
+    let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
+    let server = lab
+        .server(&[
+            Ipv4Addr::new(203, 0, 113, 9),
+            Ipv4Addr::new(203, 0, 113, 10),
+        ])
+        .unwrap();
+    let mut args = vec![
+        "server",
+        "--signal",
+        "203.0.113.9:7600",
+        "--stun",
+        "203.0.113.9:3478",
+        "--stun-alt",
+        "203.0.113.10:3479",
+    ];
+    if relay {
+        args.extend([
+            "--relay",
+            RELAY,
+            "--relay-tcp",
+            RELAY,
+            "--relay-max-rate",
+            "0",
+        ]);
+    }
+    let fog_server = start(&server, &args, "fog signal server on");
+    (lab, fog_server)
+}
