@@ -1,8 +1,9 @@
 //! `RelayFallbackLayer`: a relay path beside the direct ones, so that every pair of peers
 //! connects, and the first bytes need not wait for punching.
 //!
-//! The layer asks the signal server for relay credentials for this peer, allocates on the
-//! relays in the background (on the node's own socket) and keeps the first allocation that
+//! The layer asks the signal server for relay credentials for this peer (and uses any TURN
+//! server configured with long-term credentials, such as a coturn), allocates on the relays in
+//! the background (on the node's own socket) and keeps the first allocation that
 //! succeeds: the relay that answers first is the nearest. Its address goes to the peer as a
 //! `relay` candidate, trickled like the others. The punch layer then checks the relay pairs
 //! together with the direct ones: whichever answers first carries the connection, and a direct
@@ -12,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use fog_core::signal::RelayGrant;
 use fog_core::{
     Attempt, BoxError, Candidate, Connection, Event, EventBus, Gathering, NatType, PeerRef, Prober,
     RelaySlot, Signaller, TurnTransport, TurnUrl,
@@ -30,12 +32,23 @@ pub const RELAY_GATHERING: &str = "relay";
 pub struct RelayFallbackLayer {
     prober: Arc<dyn Prober>,
     signaller: Arc<dyn Signaller>,
+    servers: Vec<RelayGrant>,
 }
 
 impl RelayFallbackLayer {
     /// A layer that allocates from `prober`'s socket with credentials the signal server issues.
     pub fn new(prober: Arc<dyn Prober>, signaller: Arc<dyn Signaller>) -> Self {
-        RelayFallbackLayer { prober, signaller }
+        RelayFallbackLayer {
+            prober,
+            signaller,
+            servers: Vec::new(),
+        }
+    }
+
+    /// Also uses these TURN servers (a coturn with long-term credentials, for example).
+    pub fn with_servers(mut self, servers: Vec<RelayGrant>) -> Self {
+        self.servers = servers;
+        self
     }
 }
 
@@ -47,6 +60,7 @@ impl<S> Layer<S> for RelayFallbackLayer {
             inner,
             prober: self.prober.clone(),
             signaller: self.signaller.clone(),
+            servers: self.servers.clone(),
         }
     }
 }
@@ -57,6 +71,7 @@ pub struct RelayFallback<S> {
     inner: S,
     prober: Arc<dyn Prober>,
     signaller: Arc<dyn Signaller>,
+    servers: Vec<RelayGrant>,
 }
 
 /// Resolves a relay URL of `transport` to an address of the socket's family; `None` for other
@@ -79,17 +94,16 @@ async fn allocate_nearest(
     prober: Arc<dyn Prober>,
     signaller: Arc<dyn Signaller>,
     peer: PeerRef,
+    configured: Vec<RelayGrant>,
     transport: TurnTransport,
     slot: RelaySlot,
     events: EventBus,
 ) -> Vec<Candidate> {
-    let grants = match signaller.relay_credentials(peer).await {
-        Ok(grants) => grants,
-        Err(e) => {
-            tracing::debug!(error = %e, "no relay credentials");
-            return Vec::new();
-        }
-    };
+    let mut grants = configured;
+    match signaller.relay_credentials(peer).await {
+        Ok(granted) => grants.extend(granted),
+        Err(e) => tracing::debug!(error = %e, "no relay credentials from the signal server"),
+    }
     let local = prober.local_addr();
     let mut allocations = FuturesUnordered::new();
     for grant in grants {
@@ -149,6 +163,7 @@ where
             self.prober.clone(),
             self.signaller.clone(),
             attempt.target.clone(),
+            self.servers.clone(),
             transport,
             attempt.relays.clone(),
             attempt.events.clone(),

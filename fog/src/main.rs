@@ -157,6 +157,16 @@ struct NodeArgs {
     /// Name to register at the signal server, like 1e:34:a1:44:2c:1c.
     #[arg(long)]
     name: Option<String>,
+    /// A TURN server of your own, beside the signal server's relays:
+    /// turn:HOST:PORT?transport=udp|tcp (with --turn-username and --turn-password).
+    #[arg(long, value_name = "URL", requires_all = ["turn_username", "turn_password"])]
+    turn: Option<String>,
+    /// Long-term TURN username for --turn.
+    #[arg(long, value_name = "NAME", requires = "turn")]
+    turn_username: Option<String>,
+    /// Long-term TURN password for --turn.
+    #[arg(long, value_name = "PASSWORD", requires = "turn")]
+    turn_password: Option<String>,
 }
 
 impl NodeArgs {
@@ -167,6 +177,11 @@ impl NodeArgs {
         }
         if let Some(name) = &self.name {
             builder = builder.name(name);
+        }
+        if let (Some(url), Some(user), Some(pass)) =
+            (&self.turn, &self.turn_username, &self.turn_password)
+        {
+            builder = builder.turn(url, user, pass)?;
         }
         Ok(builder.bind().await?)
     }

@@ -45,6 +45,9 @@ pub enum NodeError {
     /// The signal server refused or could not be reached.
     #[error("{0}")]
     Signal(#[from] ConnectError),
+    /// A setting is malformed.
+    #[error("{0}")]
+    Config(String),
 }
 
 type StackFactory = Arc<dyn Fn(&StackParts) -> Stack + Send + Sync>;
@@ -63,6 +66,7 @@ pub struct NodeBuilder {
     events: EventBus,
     stun: Option<Vec<SocketAddr>>,
     nat_refresh: Duration,
+    turn: Vec<fog_core::signal::RelayGrant>,
 }
 
 impl Default for NodeBuilder {
@@ -80,6 +84,7 @@ impl Default for NodeBuilder {
             events: EventBus::new(),
             stun: None,
             nat_refresh: Duration::from_secs(300),
+            turn: Vec::new(),
         }
     }
 }
@@ -148,6 +153,27 @@ impl NodeBuilder {
         self
     }
 
+    /// A TURN server of your own (coturn, for example) with long-term credentials, used beside
+    /// the relays the signal server grants: `url` is `turn:HOST:PORT?transport=udp|tcp`.
+    /// Fails on a malformed URL.
+    pub fn turn(
+        mut self,
+        url: &str,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Result<Self, NodeError> {
+        let parsed: fog_core::TurnUrl = url
+            .parse()
+            .map_err(|e: String| NodeError::Config(format!("--turn: {e}")))?;
+        self.turn.push(fog_core::signal::RelayGrant {
+            url: parsed.to_string(),
+            username: username.into(),
+            password: password.into(),
+            expires: u64::MAX,
+        });
+        Ok(self)
+    }
+
     /// How long a NAT verdict is trusted before it is probed again (default 5 min; a change of
     /// the host's addresses re-probes at once).
     pub fn nat_refresh(mut self, max_age: Duration) -> Self {
@@ -195,6 +221,7 @@ impl NodeBuilder {
             punch: self.punch,
             nat,
             relays: signal_client.registration().relays.clone(),
+            turn: self.turn.clone(),
         };
         let stack = (self.stack)(&parts);
         let (incoming_tx, incoming_rx) = mpsc::channel(64);

@@ -30,6 +30,8 @@ pub struct StackParts {
     pub nat: Option<NatCache>,
     /// The relays the signal server announced (`turn:` URLs); it grants credentials for them.
     pub relays: Vec<String>,
+    /// TURN servers configured on the node itself, with their long-term credentials.
+    pub turn: Vec<fog_core::signal::RelayGrant>,
 }
 
 impl StackParts {
@@ -56,8 +58,10 @@ pub fn default_stack(parts: &StackParts) -> Stack {
         .layer(GatherLayer::new(parts.socket.local_addr()).with_stun(parts.prober(), parts.stun()))
         .layer(PortPredictLayer::new(parts.stun()))
         .option_layer(
-            (!parts.relays.is_empty())
-                .then(|| RelayFallbackLayer::new(parts.prober(), parts.signaller.clone())),
+            (!parts.relays.is_empty() || !parts.turn.is_empty()).then(|| {
+                RelayFallbackLayer::new(parts.prober(), parts.signaller.clone())
+                    .with_servers(parts.turn.clone())
+            }),
         )
         .layer(SignalLayer::new(parts.signaller.clone()))
         .layer(StrategyLayer::new())

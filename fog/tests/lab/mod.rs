@@ -46,6 +46,12 @@ pub fn connect(host: &Host, peer: &str) -> Output {
 /// relay on [`RELAY`] (UDP and TCP) when `relay` is set, with no rate limit so that transfers
 /// stay quick.
 pub fn lab_with_fog_server(relay: bool) -> (Lab, ChildGuard) {
+    let (lab, _server, fog_server) = lab_with_server_host(relay);
+    (lab, fog_server)
+}
+
+/// [`lab_with_fog_server`], and the server host, for more servers on it.
+pub fn lab_with_server_host(relay: bool) -> (Lab, Host, ChildGuard) {
     let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
     let server = lab
         .server(&[
@@ -73,5 +79,5 @@ pub fn lab_with_fog_server(relay: bool) -> (Lab, ChildGuard) {
         ]);
     }
     let fog_server = start(&server, &args, "fog signal server on");
-    (lab, fog_server)
+    (lab, server, fog_server)
 }
