@@ -29,3 +29,4 @@ cargo test --workspace --locked
 cargo run --locked -q -p fog-benches --bin fog-bench -- --quick
 cargo run --locked -q -p fog-benches --bin fog-bench-nat -- --quick
 cargo run --locked -q -p fog-benches --bin fog-bench-punch -- --quick
+cargo run --locked -q -p fog-benches --bin fog-bench-relay -- --quick

@@ -4,24 +4,16 @@
 //!
 //! `--quick` does 2 runs per cell instead of 10.
 
+mod common;
+
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use common::fog_binary;
 use fog_natlab::process::spawn_until_line;
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
-
-fn fog_binary() -> Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name("fog");
-    if !path.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build -p fog)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
 
 fn probe(host: &Host, fog: &PathBuf) -> Result<serde_json::Value> {
     let out = host
@@ -35,10 +27,8 @@ fn probe(host: &Host, fog: &PathBuf) -> Result<serde_json::Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn median_p95(mut ms: Vec<f64>) -> (f64, f64) {
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| ms[(((ms.len() - 1) as f64) * p).round() as usize];
-    (at(0.5), at(0.95))
+fn median_p95(ms: Vec<f64>) -> (f64, f64) {
+    common::median_p95(ms).unwrap_or((f64::NAN, f64::NAN))
 }
 
 fn main() -> Result<()> {

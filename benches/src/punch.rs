@@ -5,36 +5,16 @@
 //!
 //! `--quick` does 2 connects per cell instead of 20.
 
+mod common;
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
-use fog_natlab::process::{spawn_until_line, ChildGuard};
+use anyhow::{anyhow, Result};
+use common::{fog_binary, start};
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
 
 const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
-
-fn fog_binary() -> Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name("fog");
-    if !path.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build -p fog)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn start(host: &Host, fog: &Path, args: &[&str], prefix: &str) -> Result<ChildGuard> {
-    spawn_until_line(
-        host.command(fog).args(args),
-        prefix,
-        Duration::from_secs(15),
-    )
-    .map(|(guard, _)| guard)
-    .map_err(|e| anyhow!(e))
-}
 
 /// `runs` connects from a node running in `host`'s namespace (its NAT verdict already cached,
 /// as in a long-running node): the connect times of those that got a direct path.
@@ -62,13 +42,11 @@ fn connects(host: &Host, peer: String, runs: usize) -> Result<Vec<f64>> {
     .map_err(|e| anyhow!("{e}"))?
 }
 
-fn median_p95(mut ms: Vec<f64>) -> String {
-    if ms.is_empty() {
-        return "no direct path".into();
+fn median_p95(ms: Vec<f64>) -> String {
+    match common::median_p95(ms) {
+        Some((median, p95)) => format!("{median:.0} / {p95:.0}"),
+        None => "no direct path".into(),
     }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| ms[(((ms.len() - 1) as f64) * p).round() as usize];
-    format!("{:.0} / {:.0}", at(0.5), at(0.95))
 }
 
 const BEHAVIOURS: [NatBehaviour; 6] = [

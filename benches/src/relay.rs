@@ -10,41 +10,21 @@
 //!
 //! `--quick` does 3 runs per cell instead of 20.
 
+mod common;
+
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
+use common::{fog_binary, start};
 use fog::{Connection, Node, PathKind, StackParts};
-use fog_natlab::process::{spawn_until_line, ChildGuard};
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
 const ECHO_BYTES: usize = 16 * 1024 * 1024;
-
-fn fog_binary() -> Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name("fog");
-    if !path.exists() {
-        bail!(
-            "{} is missing: build it first (cargo build -p fog)",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-fn start(host: &Host, fog: &Path, args: &[&str], prefix: &str) -> Result<ChildGuard> {
-    spawn_until_line(
-        host.command(fog).args(args),
-        prefix,
-        Duration::from_secs(15),
-    )
-    .map(|(guard, _)| guard)
-    .map_err(|e| anyhow!(e))
-}
 
 /// The default stack, without relays when `direct_only`.
 fn stack(direct_only: bool) -> impl Fn(&StackParts) -> fog::Stack + Send + Sync + 'static {
@@ -111,13 +91,11 @@ async fn echo(conn: &Connection, data: Vec<u8>) -> Result<Vec<u8>> {
     Ok(back)
 }
 
-fn median_p95(mut ms: Vec<f64>) -> String {
-    if ms.is_empty() {
-        return "none".into();
+fn median_p95(ms: Vec<f64>) -> String {
+    match common::median_p95(ms) {
+        Some((median, p95)) => format!("{median:.1} / {p95:.1}"),
+        None => "none".into(),
     }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| ms[(((ms.len() - 1) as f64) * p).round() as usize];
-    format!("{:.1} / {:.1}", at(0.5), at(0.95))
 }
 
 /// Round trips and echo throughput over one connection from `dialer` to `peer`.

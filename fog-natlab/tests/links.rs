@@ -37,10 +37,16 @@ fn assert_rtt_about(rtts: Vec<Duration>, expected: Duration, what: &str) {
     let max = *rtts.iter().max().unwrap();
     let median = median(rtts);
     println!("{what}: rtt min {min:?} median {median:?} max {max:?} (expected {expected:?})");
+    // The fastest round trip shows the configured delay; the median may carry some scheduling
+    // delay of the forwarder threads when the machine is busy (other tests run meanwhile).
     let (low, high) = (expected.mul_f64(0.9), expected.mul_f64(1.1));
     assert!(
-        (low..=high).contains(&median),
-        "{what}: median round trip {median:?} is not within 10 % of {expected:?}"
+        (low..=high).contains(&min),
+        "{what}: the fastest round trip {min:?} is not within 10 % of {expected:?}"
+    );
+    assert!(
+        median <= expected.mul_f64(1.3),
+        "{what}: median round trip {median:?} is over 130 % of {expected:?}"
     );
     assert!(
         min >= expected.mul_f64(0.99),

@@ -70,7 +70,8 @@ pub struct RelayAllocation {
     pub(crate) id: u32,
     server: SocketAddr,
     relayed: SocketAddr,
-    socket: Arc<FogSocket>,
+    /// Weak: the socket keeps its allocations, not the other way round.
+    socket: Weak<FogSocket>,
     client: Option<turn::client::Client>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -98,7 +99,11 @@ impl RelayAllocation {
     /// The stand-in address for `peer` reached through this relay: send to it (checks or
     /// QUIC) and the relay forwards to `peer`.
     pub fn path_to(&self, peer: SocketAddr) -> SocketAddr {
-        self.socket.relay_stand_in(self.id, peer)
+        match self.socket.upgrade() {
+            Some(socket) => socket.relay_stand_in(self.id, peer),
+            // The node is gone: nothing will be sent anyway.
+            None => peer,
+        }
     }
 }
 
@@ -107,7 +112,9 @@ impl Drop for RelayAllocation {
         for task in &self.tasks {
             task.abort();
         }
-        self.socket.detach_relay(self.id, self.server);
+        if let Some(socket) = self.socket.upgrade() {
+            socket.detach_relay(self.id, self.server);
+        }
         if let Some(client) = self.client.take() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 runtime.spawn(async move {
@@ -359,7 +366,7 @@ pub(crate) async fn allocate(
         id,
         server: relay.addr,
         relayed,
-        socket: socket.clone(),
+        socket: Arc::downgrade(socket),
         client: Some(client),
         tasks: vec![send_pump, recv_pump],
     })

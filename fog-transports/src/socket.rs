@@ -104,12 +104,22 @@ impl Routes {
     }
 
     /// `real` passed a check of `peer`'s: packets from it are the peer's. The route's current
-    /// address is set only when there is none yet.
+    /// address is set only when there is none yet (or it is a relay path and `real` is not).
     fn learn(&mut self, peer: &PeerId, real: SocketAddr) {
         let real = canonical(real);
         let stand_in = self.stand_in_of(peer);
         self.remember(real, stand_in);
-        self.current.entry(stand_in).or_insert(real);
+        // Until the punch layer picks, a direct pair beats one through our relay: a relay
+        // path can wait a round trip on its first permission.
+        match self.current.get(&stand_in) {
+            None => {
+                self.current.insert(stand_in, real);
+            }
+            Some(now) if is_relay_stand_in(*now) && !is_relay_stand_in(real) => {
+                self.current.insert(stand_in, real);
+            }
+            Some(_) => {}
+        }
     }
 
     fn stand_in_of(&mut self, peer: &PeerId) -> SocketAddr {
@@ -197,7 +207,16 @@ pub struct FogSocket {
     /// Datagrams that came through a relay, for QUIC and the checks.
     injected: Mutex<std::collections::VecDeque<(SocketAddr, Vec<u8>)>>,
     inject_waker: futures_util::task::AtomicWaker,
+    /// The allocation on each relay, shared by every attempt: TURN allows one allocation per
+    /// client address and relay. Kept for [`RELAY_LINGER`] after its last user, so that the
+    /// next connection finds it ready (and does not race the release of the old one).
+    allocations: Arc<tokio::sync::Mutex<HashMap<RelayKey, Arc<crate::relay::RelayAllocation>>>>,
 }
+
+type RelayKey = (SocketAddr, fog_core::TurnTransport);
+
+/// How long an allocation nobody uses is kept.
+const RELAY_LINGER: Duration = Duration::from_secs(60);
 
 /// Datagrams from relays queued for the receive loop before new ones are dropped.
 const MAX_INJECTED: usize = 4096;
@@ -225,15 +244,47 @@ impl FogSocket {
             relaying: std::sync::atomic::AtomicBool::new(false),
             injected: Mutex::new(std::collections::VecDeque::new()),
             inject_waker: futures_util::task::AtomicWaker::new(),
+            allocations: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
         }))
     }
 
-    /// Allocates on a TURN relay from this socket.
+    /// The allocation on `relay` from this socket: the one in use, or a new one.
     pub async fn allocate_relay(
         self: &Arc<Self>,
         relay: &crate::relay::RelayServer,
-    ) -> Result<crate::relay::RelayAllocation, crate::relay::RelayError> {
-        crate::relay::allocate(self, relay).await
+    ) -> Result<Arc<crate::relay::RelayAllocation>, crate::relay::RelayError> {
+        let key = (canonical(relay.addr), relay.transport);
+        let mut allocations = self.allocations.lock().await;
+        if let Some(existing) = allocations.get(&key) {
+            return Ok(existing.clone());
+        }
+        let allocation = Arc::new(crate::relay::allocate(self, relay).await?);
+        allocations.insert(key, allocation.clone());
+        // Released once nobody but this cache has used it for a whole linger period.
+        let cache = Arc::downgrade(&self.allocations);
+        tokio::spawn(async move {
+            let mut idle_rounds = 0;
+            loop {
+                tokio::time::sleep(RELAY_LINGER / 2).await;
+                let Some(cache) = cache.upgrade() else {
+                    return;
+                };
+                let mut allocations = cache.lock().await;
+                let Some(allocation) = allocations.get(&key) else {
+                    return;
+                };
+                idle_rounds = if Arc::strong_count(allocation) == 1 {
+                    idle_rounds + 1
+                } else {
+                    0
+                };
+                if idle_rounds >= 2 {
+                    allocations.remove(&key);
+                    return;
+                }
+            }
+        });
+        Ok(allocation)
     }
 
     fn relays(&self) -> std::sync::MutexGuard<'_, Relays> {
@@ -534,9 +585,9 @@ impl Prober for FogSocket {
                 username,
                 password,
             };
-            crate::relay::allocate(&self, &relay)
+            FogSocket::allocate_relay(&self, &relay)
                 .await
-                .map(|a| Arc::new(a) as Arc<dyn fog_core::RelayHandle>)
+                .map(|a| a as Arc<dyn fog_core::RelayHandle>)
                 .map_err(|e| e.to_string())
         })
     }

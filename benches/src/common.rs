@@ -1,0 +1,44 @@
+//! What the test-bed benches share: the `fog` binary next to them, starting it in a host of the
+//! test bed, and percentiles.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Result};
+use fog_natlab::process::{spawn_until_line, ChildGuard};
+use fog_natlab::Host;
+
+/// The `fog` binary built next to this bench.
+pub fn fog_binary() -> Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("fog");
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build -p fog)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Starts `fog ARGS` in `host` and waits (at most 15 s) for a stdout line starting with
+/// `prefix`.
+pub fn start(host: &Host, fog: &Path, args: &[&str], prefix: &str) -> Result<ChildGuard> {
+    spawn_until_line(
+        host.command(fog).args(args),
+        prefix,
+        Duration::from_secs(15),
+    )
+    .map(|(guard, _)| guard)
+    .map_err(|e| anyhow!(e))
+}
+
+/// Median and 95th percentile of `samples`; `None` when there are none.
+pub fn median_p95(mut samples: Vec<f64>) -> Option<(f64, f64)> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let at = |p: f64| samples[(((samples.len() - 1) as f64) * p).round() as usize];
+    Some((at(0.5), at(0.95)))
+}
