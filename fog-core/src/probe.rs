@@ -57,7 +57,7 @@ pub trait Prober: Send + Sync + 'static {
     fn send_check(&self, session: &SessionKeys, remote: SocketAddr) -> std::io::Result<()>;
 
     /// This socket's address as the STUN server `stun` sees it (its server-reflexive address);
-    /// `None` when no answer came within a second.
+    /// `None` when no answer came in time (the socket gives the server a few seconds).
     fn server_reflexive(&self, stun: SocketAddr) -> BoxFuture<'_, Option<SocketAddr>>;
 
     /// `count` fresh sockets that answer checks on their own, for birthday spraying against a

@@ -28,9 +28,11 @@ use crate::check::{self, CheckKind};
 
 /// How long a session keeps answering checks after it was last watched.
 const ANSWER_TTL: Duration = Duration::from_secs(60);
-/// First retransmission of a STUN request, and when to give up.
+/// First retransmission of a STUN request, and when to give up. The lookup runs beside the
+/// signalling (its result is trickled), so a busy STUN server is given time rather than
+/// leaving the peer without our public address.
 const STUN_FIRST_RTO: Duration = Duration::from_millis(50);
-const STUN_DEADLINE: Duration = Duration::from_secs(1);
+const STUN_DEADLINE: Duration = Duration::from_millis(2500);
 /// Unanswered checks are forgotten after this long.
 const PENDING_TTL: Duration = Duration::from_secs(30);
 
