@@ -135,11 +135,6 @@ fn spray_role(attempt: &Attempt) -> Option<SprayRole> {
 /// How long checks go on after the first pair answered, for a better one (the LAN, a lower
 /// round trip) to take over.
 pub const REFINE_FOR: Duration = Duration::from_secs(3);
-/// How long a relay pair that answered first waits for a direct one before it carries the
-/// connection: its own round trip, within these bounds. A direct pair is usually a moment
-/// behind, and starting on it spares the move.
-const RELAY_GRACE_MIN: Duration = Duration::from_millis(20);
-const RELAY_GRACE_MAX: Duration = Duration::from_millis(150);
 /// How often the pair in use is checked once the connection runs.
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 /// A pair that has not answered for this long is dead.
@@ -258,11 +253,6 @@ impl Checks {
         for target in self.schedule.add_relay_paths(&paths) {
             self.check(target);
         }
-    }
-
-    /// Whether only relay pairs can work (the strategy says so).
-    fn relay_only(&self) -> bool {
-        self.filter.only_relayed
     }
 
     /// Takes what the trickle brought: new candidates, or the end of it.
@@ -550,7 +540,6 @@ async fn punch(
     let (spray_tx, mut spray_events) = mpsc::unbounded_channel();
     let mut spray = spray_role(attempt).map(|role| Spray::new(role, attempt.session, spray_tx));
     let mut next_wave = spray.as_ref().map(|_| tokio::time::Instant::now());
-    let mut relayed_answer: Option<(CheckReply, tokio::time::Instant)> = None;
     let result = loop {
         match checks.schedule.poll(now()) {
             PunchAction::Send(targets) => {
@@ -566,14 +555,6 @@ async fn punch(
                         Some(CheckEvent::Answered(reply)) => {
                             attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
                             checks.last_answer.insert(reply.remote, tokio::time::Instant::now());
-                            if checks.relayed.contains(&reply.remote) && !checks.relay_only() {
-                                // A relay pair answered first: give the direct pairs a moment.
-                                if relayed_answer.is_none() {
-                                    let grace = reply.rtt.clamp(RELAY_GRACE_MIN, RELAY_GRACE_MAX);
-                                    relayed_answer = Some((reply, tokio::time::Instant::now() + grace));
-                                }
-                                continue;
-                            }
                             let path = checks.path_to(reply.remote, local, reply.rtt);
                             break Ok((path, None));
                         }
@@ -610,10 +591,6 @@ async fn punch(
                     }
                     _ = tokio::time::sleep_until(next_wave.unwrap_or_else(tokio::time::Instant::now)), if next_wave.is_some() => {
                         wave_due = true;
-                    }
-                    _ = tokio::time::sleep_until(relayed_answer.map_or_else(tokio::time::Instant::now, |(_, until)| until)), if relayed_answer.is_some() => {
-                        let (reply, _) = relayed_answer.expect("guarded");
-                        break Ok((checks.path_to(reply.remote, local, reply.rtt), None));
                     }
                     _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
                 }
