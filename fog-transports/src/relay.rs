@@ -125,85 +125,56 @@ impl Drop for RelayAllocation {
     }
 }
 
-/// The TURN client's view of the node's socket: it sends through the socket and reads what
-/// the socket set aside from the relay.
+/// How the TURN client's messages reach the relay.
+enum Outbound {
+    /// From the node's socket; the socket sets the relay's answers aside for us.
+    Udp(Weak<FogSocket>),
+    /// Framed on a TCP connection of our own, read by `reader`.
+    Tcp {
+        writer: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
+        reader: tokio::task::JoinHandle<()>,
+    },
+}
+
+/// The TURN client's view of its way to the relay: datagrams to and from the relay, over the
+/// node's UDP socket or over TCP.
 struct ServerConn {
-    socket: Weak<FogSocket>,
     local: SocketAddr,
     server: SocketAddr,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
+    outbound: Outbound,
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        if let Outbound::Tcp { reader, .. } = &self.outbound {
+            reader.abort();
+        }
+    }
 }
 
 fn closed() -> webrtc_util::Error {
     webrtc_util::Error::Io(io::Error::from(io::ErrorKind::NotConnected).into())
 }
 
-#[async_trait]
-impl Conn for ServerConn {
-    async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
-        Err(webrtc_util::Error::Other("not applicable".into()))
+impl ServerConn {
+    /// Over the node's socket: the relay's datagrams arrive on the returned sender.
+    fn udp(
+        socket: &Arc<FogSocket>,
+        server: SocketAddr,
+    ) -> (ServerConn, mpsc::UnboundedSender<Vec<u8>>) {
+        let (tx, incoming) = mpsc::unbounded_channel();
+        let conn = ServerConn {
+            local: socket.local_addr(),
+            server,
+            incoming: tokio::sync::Mutex::new(incoming),
+            outbound: Outbound::Udp(Arc::downgrade(socket)),
+        };
+        (conn, tx)
     }
 
-    async fn recv(&self, buf: &mut [u8]) -> webrtc_util::Result<usize> {
-        self.recv_from(buf).await.map(|(n, _)| n)
-    }
-
-    async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
-        let datagram = self.incoming.lock().await.recv().await.ok_or_else(closed)?;
-        let len = datagram.len().min(buf.len());
-        buf[..len].copy_from_slice(&datagram[..len]);
-        Ok((len, self.server))
-    }
-
-    async fn send(&self, buf: &[u8]) -> webrtc_util::Result<usize> {
-        self.send_to(buf, self.server).await
-    }
-
-    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
-        let socket = self.socket.upgrade().ok_or_else(closed)?;
-        match socket.send_raw(buf, target) {
-            Ok(n) => Ok(n),
-            // A full buffer loses the datagram; the TURN client retransmits.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(buf.len()),
-            Err(e) => Err(webrtc_util::Error::Io(e.into())),
-        }
-    }
-
-    fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
-        Ok(self.local)
-    }
-
-    fn remote_addr(&self) -> Option<SocketAddr> {
-        Some(self.server)
-    }
-
-    async fn close(&self) -> webrtc_util::Result<()> {
-        Ok(())
-    }
-
-    fn as_any(&self) -> &(dyn std::any::Any + Send + Sync) {
-        self
-    }
-}
-
-/// The TURN client's view of a TCP connection to the relay: TURN messages framed on the
-/// stream, as datagrams from the relay.
-struct TcpServerConn {
-    local: SocketAddr,
-    server: SocketAddr,
-    writer: tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>,
-    incoming: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
-    reader: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for TcpServerConn {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
-}
-
-impl TcpServerConn {
-    async fn connect(server: SocketAddr) -> io::Result<TcpServerConn> {
+    /// Over a TCP connection to the relay (TURN over TCP).
+    async fn tcp(server: SocketAddr) -> io::Result<ServerConn> {
         let stream =
             tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(server))
                 .await
@@ -213,26 +184,28 @@ impl TcpServerConn {
         let _ = stream.set_nodelay(true);
         let local = stream.local_addr()?;
         let (mut read, write) = stream.into_split();
-        let (tx, incoming) = mpsc::channel(SEND_QUEUE);
+        let (tx, incoming) = mpsc::unbounded_channel();
         let reader = tokio::spawn(async move {
             while let Ok(message) = read_frame(&mut read).await {
-                if tx.send(message).await.is_err() {
+                if tx.send(message).is_err() {
                     return;
                 }
             }
         });
-        Ok(TcpServerConn {
+        Ok(ServerConn {
             local,
             server,
-            writer: tokio::sync::Mutex::new(write),
             incoming: tokio::sync::Mutex::new(incoming),
-            reader,
+            outbound: Outbound::Tcp {
+                writer: tokio::sync::Mutex::new(write),
+                reader,
+            },
         })
     }
 }
 
 #[async_trait]
-impl Conn for TcpServerConn {
+impl Conn for ServerConn {
     async fn connect(&self, _addr: SocketAddr) -> webrtc_util::Result<()> {
         Err(webrtc_util::Error::Other("not applicable".into()))
     }
@@ -252,14 +225,27 @@ impl Conn for TcpServerConn {
         self.send_to(buf, self.server).await
     }
 
-    async fn send_to(&self, buf: &[u8], _target: SocketAddr) -> webrtc_util::Result<usize> {
-        self.writer
-            .lock()
-            .await
-            .write_all(&frame(buf))
-            .await
-            .map_err(|e| webrtc_util::Error::Io(e.into()))?;
-        Ok(buf.len())
+    async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
+        match &self.outbound {
+            Outbound::Udp(socket) => {
+                let socket = socket.upgrade().ok_or_else(closed)?;
+                match socket.send_raw(buf, target) {
+                    Ok(n) => Ok(n),
+                    // A full buffer loses the datagram; the TURN client retransmits.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(buf.len()),
+                    Err(e) => Err(webrtc_util::Error::Io(e.into())),
+                }
+            }
+            Outbound::Tcp { writer, .. } => {
+                writer
+                    .lock()
+                    .await
+                    .write_all(&frame(buf))
+                    .await
+                    .map_err(|e| webrtc_util::Error::Io(e.into()))?;
+                Ok(buf.len())
+            }
+        }
     }
 
     fn local_addr(&self) -> webrtc_util::Result<SocketAddr> {
@@ -288,26 +274,20 @@ pub(crate) async fn allocate(
         server: relay.addr,
         reason,
     };
-    let (id, mut to_send, conn): (_, _, Arc<dyn Conn + Send + Sync>) = match relay.transport {
+    let (conn, from_server) = match relay.transport {
         TurnTransport::Udp => {
-            let (from_server, incoming) = mpsc::unbounded_channel();
-            let (id, to_send) = socket.attach_relay(relay.addr, Some(from_server));
-            let conn = ServerConn {
-                socket: Arc::downgrade(socket),
-                local: socket.local_addr(),
-                server: relay.addr,
-                incoming: tokio::sync::Mutex::new(incoming),
-            };
-            (id, to_send, Arc::new(conn))
+            let (conn, from_server) = ServerConn::udp(socket, relay.addr);
+            (conn, Some(from_server))
         }
         TurnTransport::Tcp => {
-            let conn = TcpServerConn::connect(relay.addr)
+            let conn = ServerConn::tcp(relay.addr)
                 .await
                 .map_err(|e| refused(e.to_string()))?;
-            let (id, to_send) = socket.attach_relay(relay.addr, None);
-            (id, to_send, Arc::new(conn))
+            (conn, None)
         }
     };
+    let (id, mut to_send) = socket.attach_relay(relay.addr, from_server);
+    let conn: Arc<dyn Conn + Send + Sync> = Arc::new(conn);
     let detach = |e| {
         socket.detach_relay(id, relay.addr);
         e

@@ -880,7 +880,8 @@ impl AsyncUdpSocket for FogSocket {
                 self.handle_check(read.filled(), from);
                 continue;
             }
-            if fog_core::stun::looks_like_stun(read.filled()) {
+            let stun = fog_core::stun::looks_like_stun(read.filled());
+            if stun {
                 if let Some(Binding::Answer { id, mapped, .. }) =
                     fog_core::stun::parse_binding(read.filled())
                 {
@@ -890,11 +891,9 @@ impl AsyncUdpSocket for FogSocket {
                     }
                 }
             }
-            // TURN messages and channel data from a relay this socket allocated on.
-            if self.take_relay_datagram(read.filled(), from) {
-                continue;
-            }
-            if fog_core::stun::looks_like_stun(read.filled()) {
+            // TURN messages and channel data from a relay this socket allocated on; other STUN
+            // is nobody's.
+            if self.take_relay_datagram(read.filled(), from) || stun {
                 continue;
             }
             meta[0] = RecvMeta {
