@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Result};
 use fog_natlab::process::{spawn_until_line, ChildGuard};
-use fog_natlab::Host;
+use fog_natlab::{Host, Lab};
 
 /// The `fog` binary built next to this bench.
 pub fn fog_binary() -> Result<PathBuf> {
@@ -41,4 +41,27 @@ pub fn median_p95(mut samples: Vec<f64>) -> Option<(f64, f64)> {
     samples.sort_by(|a, b| a.total_cmp(b));
     let at = |p: f64| samples[(((samples.len() - 1) as f64) * p).round() as usize];
     Some((at(0.5), at(0.95)))
+}
+
+/// A test bed whose server host (203.0.113.9 and .10) runs `fog server` with RFC 5780 STUN,
+/// plus `extra` arguments (a relay, say). Keep both: dropping the guard stops the server,
+/// dropping the lab removes its namespaces.
+pub fn lab_with_fog_server(fog: &Path, extra: &[&str]) -> Result<(Lab, ChildGuard)> {
+    let mut lab = Lab::new().map_err(|e| anyhow!("the NAT test bed: {e}"))?;
+    let server = lab.server(&[
+        std::net::Ipv4Addr::new(203, 0, 113, 9),
+        std::net::Ipv4Addr::new(203, 0, 113, 10),
+    ])?;
+    let mut args = vec![
+        "server",
+        "--signal",
+        "203.0.113.9:7600",
+        "--stun",
+        "203.0.113.9:3478",
+        "--stun-alt",
+        "203.0.113.10:3479",
+    ];
+    args.extend(extra);
+    let fog_server = start(&server, fog, &args, "fog signal server on")?;
+    Ok((lab, fog_server))
 }

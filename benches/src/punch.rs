@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use common::{fog_binary, start};
-use fog_natlab::{Host, Lab, Link, NatBehaviour};
+use fog_natlab::{Host, Link, NatBehaviour};
 
 const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
 
@@ -70,25 +69,7 @@ fn main() -> Result<()> {
     let mut n = 0;
     for a in BEHAVIOURS {
         // A lab per row: the lab's public addresses would not last for all 36 pairs.
-        let mut lab = Lab::new().map_err(|e| anyhow!("the NAT test bed: {e}"))?;
-        let server = lab.server(&[
-            Ipv4Addr::new(203, 0, 113, 9),
-            Ipv4Addr::new(203, 0, 113, 10),
-        ])?;
-        let _server = start(
-            &server,
-            &fog,
-            &[
-                "server",
-                "--signal",
-                "203.0.113.9:7600",
-                "--stun",
-                "203.0.113.9:3478",
-                "--stun-alt",
-                "203.0.113.10:3479",
-            ],
-            "fog signal server on",
-        )?;
+        let (mut lab, _server) = common::lab_with_fog_server(&fog, &[])?;
         for b in BEHAVIOURS {
             let mut cells = Vec::new();
             let mut ok = 0;

@@ -12,14 +12,13 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use common::{fog_binary, start};
+use common::fog_binary;
 use fog::{Connection, Node, PathKind, StackParts};
-use fog_natlab::{Host, Lab, Link, NatBehaviour};
+use fog_natlab::{Host, Link, NatBehaviour};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -172,28 +171,9 @@ fn main() -> Result<()> {
         20
     };
     let fog = fog_binary()?;
-    let mut lab = Lab::new().map_err(|e| anyhow!("the NAT test bed: {e}"))?;
-    let server = lab.server(&[
-        Ipv4Addr::new(203, 0, 113, 9),
-        Ipv4Addr::new(203, 0, 113, 10),
-    ])?;
-    let _server = start(
-        &server,
+    let (mut lab, _server) = common::lab_with_fog_server(
         &fog,
-        &[
-            "server",
-            "--signal",
-            "203.0.113.9:7600",
-            "--stun",
-            "203.0.113.9:3478",
-            "--stun-alt",
-            "203.0.113.10:3479",
-            "--relay",
-            "203.0.113.9:3480",
-            "--relay-max-rate",
-            "0",
-        ],
-        "fog signal server on",
+        &["--relay", "203.0.113.9:3480", "--relay-max-rate", "0"],
     )?;
 
     println!(
