@@ -122,14 +122,16 @@ impl RemoteTrickle {
     }
 
     /// Waits until `enough` holds for what arrived, or the peer is done, at most `limit`;
-    /// returns what arrived.
+    /// returns what arrived, all of it seen.
     pub async fn wait_for(
         &mut self,
         limit: Duration,
         enough: impl Fn(&CandidateList) -> bool,
     ) -> CandidateList {
         let _ = tokio::time::timeout(limit, async {
-            if enough(&self.current()) {
+            // What is read here counts as seen, so `changed` brings only what comes after.
+            let now = self.rx.borrow_and_update().clone();
+            if enough(&now) {
                 return;
             }
             while let Some(list) = self.changed().await {
@@ -139,13 +141,6 @@ impl RemoteTrickle {
             }
         })
         .await;
-        self.current()
-    }
-
-    /// Waits until the peer says it is done, at most `limit`; returns what arrived.
-    pub async fn complete_within(&mut self, limit: Duration) -> CandidateList {
-        let _ =
-            tokio::time::timeout(limit, async { while self.changed().await.is_some() {} }).await;
         self.current()
     }
 }
@@ -194,7 +189,9 @@ mod tests {
         tx.send_modify(|l| {
             l.extend(&[cand(2)], true);
         });
-        let done = remote.complete_within(Duration::from_secs(5)).await;
+        let done = remote
+            .wait_for(Duration::from_secs(5), |l| l.complete)
+            .await;
         assert!(done.complete);
         assert_eq!(done.candidates.len(), 2);
         assert!(remote.changed().await.is_none());

@@ -229,7 +229,7 @@ impl Conn for ServerConn {
         match &self.outbound {
             Outbound::Udp(socket) => {
                 let socket = socket.upgrade().ok_or_else(closed)?;
-                match socket.send_raw(buf, target) {
+                match socket.send_now(buf, target) {
                     Ok(n) => Ok(n),
                     // A full buffer loses the datagram; the TURN client retransmits.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(buf.len()),

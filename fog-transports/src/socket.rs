@@ -399,11 +399,6 @@ impl FogSocket {
         Some((server, peer))
     }
 
-    /// Sends a datagram to a real address at once (for the TURN client).
-    pub(crate) fn send_raw(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
-        self.send_now(datagram, to)
-    }
-
     /// Whether a datagram from `from` belongs to a relay's TURN client; hands it over if so.
     fn take_relay_datagram(&self, datagram: &[u8], from: SocketAddr) -> bool {
         if !self.relaying.load(std::sync::atomic::Ordering::Acquire) {
@@ -490,7 +485,7 @@ impl FogSocket {
 
     /// Sends one datagram with a direct system call. tokio's `try_send_to` refuses until the
     /// reactor has seen the socket writable, which drops the first check of a fresh socket.
-    fn send_now(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
+    pub(crate) fn send_now(&self, datagram: &[u8], to: SocketAddr) -> io::Result<usize> {
         socket2::SockRef::from(&self.io).send_to(datagram, &to.into())
     }
 

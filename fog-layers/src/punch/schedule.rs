@@ -185,11 +185,6 @@ impl PunchSchedule {
         self.deadline
     }
 
-    /// Whether the schedule is out of time at `now`.
-    pub fn expired(&self, now: Instant) -> bool {
-        now >= self.deadline
-    }
-
     /// The next action at time `now`.
     pub fn poll(&mut self, now: Instant) -> PunchAction {
         if now >= self.deadline {
