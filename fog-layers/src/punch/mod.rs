@@ -180,6 +180,11 @@ struct Checks {
     relayed: std::collections::HashSet<SocketAddr>,
     /// Our relay allocations, once made.
     relays: Vec<Arc<dyn RelayHandle>>,
+    /// Until our relay gathering is done; then its allocations come from `relay_slot`. Kept
+    /// past the punch: a direct pair often answers first, and the relay pairs made later are
+    /// what the connection falls back on.
+    relay_ready: Option<RelayReady>,
+    relay_slot: fog_core::attempt::RelaySlot,
     /// When each pair last answered.
     last_answer: std::collections::HashMap<SocketAddr, tokio::time::Instant>,
     events: EventBus,
@@ -222,8 +227,9 @@ impl Checks {
     }
 
     /// Our relay allocations are in: the peer's public candidates get a path through each.
-    fn relays_ready(&mut self, relays: Vec<Arc<dyn RelayHandle>>) {
-        self.relays = relays;
+    fn relays_ready(&mut self) {
+        self.relay_ready = None;
+        self.relays = self.relay_slot.all();
         let known = self.known.clone();
         self.add_relay_paths(&known);
     }
@@ -370,6 +376,7 @@ impl Checks {
                     }
                 },
                 list = next_trickle(&mut self.trickle), if self.trickle.is_some() => self.on_trickle(list),
+                _ = relay_done(&mut self.relay_ready), if self.relay_ready.is_some() => self.relays_ready(),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
             }
         }
@@ -382,6 +389,8 @@ impl Checks {
                     Some(CheckEvent::Answered(reply)) => self.on_answer(&peer, &mut choice, reply),
                     Some(CheckEvent::Received { .. }) => {}
                 },
+                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => self.on_trickle(list),
+                _ = relay_done(&mut self.relay_ready), if self.relay_ready.is_some() => self.relays_ready(),
                 _ = tick.tick() => self.monitor_round(&peer, &mut choice),
             }
         }
@@ -417,15 +426,18 @@ impl Checks {
                     .filter(|t| !self.relayed.contains(t))
                     .copied(),
             );
-        } else if let Some(relay) = self
-            .relayed
-            .iter()
-            .filter(|r| heard(r).is_some())
-            .max_by_key(|r| heard(r))
-            .or_else(|| self.relayed.iter().next())
-        {
-            // Keep a relay pair warm, to fall back on.
-            targets.push(*relay);
+        } else {
+            // Keep a relay pair warm, to fall back on: the one heard last, or all of them until
+            // one answers.
+            match self
+                .relayed
+                .iter()
+                .filter(|r| heard(r).is_some())
+                .max_by_key(|r| heard(r))
+            {
+                Some(relay) => targets.push(*relay),
+                None => targets.extend(self.relayed.iter().copied()),
+            }
         }
         for target in targets {
             if self.prober.send_check(&self.session, target).is_ok() {
@@ -438,6 +450,16 @@ impl Checks {
 /// The peer's next trickled list; `None` once it is done.
 async fn next_trickle(trickle: &mut Option<RemoteTrickle>) -> Option<CandidateList> {
     trickle.as_mut()?.changed().await
+}
+
+/// Our relay gathering, pending.
+type RelayReady = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Candidate>> + Send>>;
+
+/// Waits for our relay gathering to end.
+async fn relay_done(ready: &mut Option<RelayReady>) {
+    if let Some(ready) = ready.as_mut() {
+        ready.await;
+    }
 }
 
 /// What the punch found.
@@ -525,6 +547,8 @@ async fn punch(
             .collect(),
         known: remote_candidates,
         relays: Vec::new(),
+        relay_ready: relay_ready.map(|f| Box::pin(f) as _),
+        relay_slot: attempt.relays.clone(),
         last_answer: std::collections::HashMap::new(),
         events: attempt.events.clone(),
         probes: 0,
@@ -532,8 +556,6 @@ async fn punch(
     for addr in &checks.relayed {
         prober.note_peer_relay(*addr);
     }
-    let relay_slot = attempt.relays.clone();
-    let mut relay_ready = relay_ready.map(Box::pin);
     // Even with no target yet, the peer's own checks may bring one (a peer-reflexive
     // candidate), as may its trickle: wait for them until the deadline.
     checks.schedule.expect_more(true);
@@ -567,10 +589,7 @@ async fn punch(
                         }
                     },
                     list = next_trickle(&mut checks.trickle), if checks.trickle.is_some() => checks.on_trickle(list),
-                    _ = async { relay_ready.as_mut().expect("guarded").await }, if relay_ready.is_some() => {
-                        relay_ready = None;
-                        checks.relays_ready(relay_slot.all());
-                    }
+                    _ = relay_done(&mut checks.relay_ready), if checks.relay_ready.is_some() => checks.relays_ready(),
                     Some((index, event)) = spray_events.recv() => {
                         let Some(socket) = spray.as_ref().and_then(|s| s.sockets.get(index)).cloned() else {
                             continue;
