@@ -23,9 +23,19 @@ pub fn spawn_until_line(
     prefix: &str,
     timeout: Duration,
 ) -> Result<(ChildGuard, String), String> {
+    spawn_until_line_with_stderr(command, prefix, timeout, Stdio::null())
+}
+
+/// [`spawn_until_line`] with the child's stderr going to `stderr` (a log file, say).
+pub fn spawn_until_line_with_stderr(
+    command: &mut Command,
+    prefix: &str,
+    timeout: Duration,
+    stderr: Stdio,
+) -> Result<(ChildGuard, String), String> {
     let mut child = command
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .map_err(|e| format!("cannot start {command:?}: {e}"))?;
     let stdout = child.stdout.take().expect("stdout is piped");

@@ -40,6 +40,7 @@
 
 pub mod node;
 pub mod preset;
+pub mod service;
 pub mod signal_client;
 
 pub use fog_core::{

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use fog::service::{forward_stream, send_file, Exposed, Inbox, ServiceError, Services};
 use fog::{BoxError, ConnectError, Connection, Event, Identity, Node};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -47,10 +48,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run a node that echoes every stream back to its sender.
+    /// Run a node: echo streams back, forward peers' streams to exposed TCP services, take
+    /// files into an inbox.
     Serve {
         #[command(flatten)]
         node: NodeArgs,
+        /// Let peers reach this TCP service (HOST:PORT) with `fog forward`; repeatable. Nothing
+        /// that is not exposed is reachable.
+        #[arg(long, value_name = "ADDR")]
+        expose: Vec<String>,
+        /// Take files that peers send with `fog send` into this directory.
+        #[arg(long, value_name = "DIR")]
+        inbox: Option<PathBuf>,
+    },
+    /// Listen on a local TCP address and carry each connection to a service the peer exposes.
+    Forward {
+        /// The peer: its peer id or its registered name.
+        peer: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Local address to listen on (port 0 picks one; the address is printed).
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// The peer's exposed service to reach, as it was exposed [default: its only one].
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+        /// Give up connecting to the peer after this many seconds.
+        #[arg(long, default_value_t = 20.0)]
+        timeout: f64,
+    },
+    /// Send files to a peer's inbox, verified by SHA-256; an interrupted transfer goes on where
+    /// it stopped when sent again.
+    Send {
+        /// The peer: its peer id or its registered name.
+        peer: String,
+        /// The files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print one JSON line per file (bytes, sha256, seconds, path) instead of a progress bar.
+        #[arg(long)]
+        json: bool,
+        /// Give up connecting to the peer after this many seconds.
+        #[arg(long, default_value_t = 20.0)]
+        timeout: f64,
     },
     /// Connect to a peer, send a message and wait for the echo.
     Connect {
@@ -205,7 +247,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let json = matches!(cli.command, Command::Connect { json: true, .. });
+    let json = matches!(
+        cli.command,
+        Command::Connect { json: true, .. } | Command::Send { json: true, .. }
+    );
     match run(cli.command).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -339,11 +384,30 @@ async fn run(command: Command) -> Result<(), BoxError> {
             }
             Ok(())
         }
-        Command::Serve { node } => {
+        Command::Serve {
+            node,
+            expose,
+            inbox,
+        } => {
+            let mut services = Services::new();
+            if !expose.is_empty() {
+                services = services.expose(Exposed::resolve(&expose).await?);
+            }
+            if let Some(dir) = &inbox {
+                let inbox =
+                    Inbox::open(dir).map_err(|e| format!("--inbox {}: {e}", dir.display()))?;
+                services = services.inbox(inbox);
+            }
             let node = node.bind().await?;
             println!("peer id: {}", node.peer_id());
             if let Some(name) = node.name() {
                 println!("name: {name}");
+            }
+            for spec in &expose {
+                println!("exposed: {spec}");
+            }
+            if let Some(dir) = &inbox {
+                println!("inbox: {}", dir.display());
             }
             let prober = node.clone();
             tokio::spawn(async move {
@@ -362,7 +426,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                     conn = incoming.next() => match conn {
                         Some(conn) => {
                             eprintln!("connected: {} from {}", conn.peer_id(), conn.remote_addr());
-                            tokio::spawn(echo_streams(conn));
+                            tokio::spawn(services.clone().serve_connection(conn));
                         }
                         None => break,
                     },
@@ -379,10 +443,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
             json,
             timeout,
         } => {
-            if !(timeout.is_finite() && timeout > 0.0) {
-                return Err("--timeout must be a positive number of seconds".into());
-            }
-            let limit = Duration::from_secs_f64(timeout);
+            let limit = seconds(timeout)?;
             let work = async {
                 let node = node.bind().await?;
                 let started = Instant::now();
@@ -436,6 +497,20 @@ async fn run(command: Command) -> Result<(), BoxError> {
             }
             Ok(())
         }
+        Command::Forward {
+            peer,
+            node,
+            listen,
+            to,
+            timeout,
+        } => forward(peer, node, listen, to, seconds(timeout)?).await,
+        Command::Send {
+            peer,
+            files,
+            node,
+            json,
+            timeout,
+        } => send(peer, files, node, json, seconds(timeout)?).await,
         Command::Id { key } => {
             let path = key.unwrap_or_else(default_key_file);
             let identity = Identity::load_or_generate(&path)?;
@@ -444,6 +519,148 @@ async fn run(command: Command) -> Result<(), BoxError> {
         }
         Command::Demo => demo().await,
     }
+}
+
+/// `--timeout` as a duration.
+fn seconds(timeout: f64) -> Result<Duration, BoxError> {
+    if !(timeout.is_finite() && timeout > 0.0 && timeout < 1e9) {
+        return Err("--timeout must be a positive number of seconds".into());
+    }
+    Ok(Duration::from_secs_f64(timeout))
+}
+
+/// Connects to `peer` within `limit`.
+async fn connect_within(node: &Node, peer: &str, limit: Duration) -> Result<Connection, BoxError> {
+    tokio::time::timeout(limit, node.connect(peer))
+        .await
+        .map_err(|_| ConnectError::Timeout(format!("no connection to {peer} within {limit:?}")))?
+}
+
+/// `fog forward`: one connection to the peer (made again when it closes), one stream per
+/// local TCP connection.
+async fn forward(
+    peer: String,
+    node: NodeArgs,
+    listen: SocketAddr,
+    to: Option<String>,
+    limit: Duration,
+) -> Result<(), BoxError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let node = node.bind().await?;
+    let conn = connect_within(&node, &peer, limit).await?;
+    println!(
+        "forwarding {} -> {peer} ({})",
+        listener.local_addr()?,
+        to.as_deref().unwrap_or("its exposed service")
+    );
+    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(conn));
+    loop {
+        let (mut tcp, from) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let conn = conn.clone();
+        let node = node.clone();
+        let (peer, to) = (peer.clone(), to.clone());
+        tokio::spawn(async move {
+            let stream = {
+                let mut conn = conn.lock().await;
+                match forward_stream(&conn, to.as_deref()).await {
+                    Err(ServiceError::Connection(_)) => {
+                        // The connection is gone: one new one, then the stream again.
+                        match connect_within(&node, &peer, limit).await {
+                            Ok(fresh) => {
+                                *conn = fresh;
+                                forward_stream(&conn, to.as_deref()).await
+                            }
+                            Err(e) => {
+                                eprintln!("forward from {from}: {e}");
+                                return;
+                            }
+                        }
+                    }
+                    other => other,
+                }
+            };
+            match stream {
+                Ok(mut stream) => {
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut tcp, &mut stream).await {
+                        tracing::debug!(%from, error = %e, "forwarded connection ended");
+                    }
+                }
+                Err(e) => eprintln!("forward from {from}: {e}"),
+            }
+        });
+    }
+    node.shutdown().await;
+    Ok(())
+}
+
+/// `fog send`: each file in turn, with a progress bar on a terminal or a JSON line each.
+async fn send(
+    peer: String,
+    files: Vec<PathBuf>,
+    node: NodeArgs,
+    json: bool,
+    limit: Duration,
+) -> Result<(), BoxError> {
+    for file in &files {
+        let meta = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a file", file.display()).into());
+        }
+    }
+    let node = node.bind().await?;
+    let conn = connect_within(&node, &peer, limit).await?;
+    for file in &files {
+        let bar = if json {
+            indicatif::ProgressBar::hidden()
+        } else {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} {eta} left",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(file.display().to_string());
+            bar
+        };
+        let report = send_file(&conn, file, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        })
+        .await
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+        bar.finish_and_clear();
+        if json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            let rate = report.bytes.saturating_sub(report.resumed_from) as f64
+                / report.seconds.max(1e-9)
+                / (1024.0 * 1024.0);
+            println!(
+                "{} -> {peer}:{} ({} bytes, sha256 {}) in {:.1} s, {rate:.1} MiB/s{}",
+                file.display(),
+                report.path,
+                report.bytes,
+                report.sha256,
+                report.seconds,
+                if report.resumed_from > 0 {
+                    format!(", resumed at byte {}", report.resumed_from)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    conn.close("done");
+    node.shutdown().await;
+    Ok(())
 }
 
 async fn echo_streams(conn: Connection) {
