@@ -44,8 +44,8 @@ pub mod service;
 pub mod signal_client;
 
 pub use fog_core::{
-    Attempt, BoxError, ConnectError, Connection, ConnectionStats, Event, Identity, PathKind,
-    PeerId, PeerRef, Protocol,
+    Attempt, BiStream, BoxError, ConnectError, Connection, ConnectionStats, Event, Identity,
+    PathKind, PeerId, PeerRef, Protocol, RecvHalf, Role, SendHalf,
 };
 pub use node::{Incoming, Node, NodeBuilder, NodeError};
 pub use preset::{default_stack, Stack, StackParts};
