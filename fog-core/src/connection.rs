@@ -317,6 +317,12 @@ pub struct BiStream {
     pub recv: RecvHalf,
 }
 
+impl std::fmt::Debug for BiStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BiStream").finish_non_exhaustive()
+    }
+}
+
 impl AsyncRead for BiStream {
     fn poll_read(
         mut self: Pin<&mut Self>,

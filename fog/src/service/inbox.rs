@@ -138,6 +138,17 @@ impl Inbox {
             stream.shutdown().await?;
             return Ok(());
         }
+        if let Some(free) = free_space(&self.dir) {
+            if size > free {
+                let reply = Reply::error(
+                    "too_large",
+                    format!("{size} bytes, and the inbox has {free} bytes free"),
+                );
+                write_message(&mut stream, &reply).await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+        }
         let key = format!("{sha256}-{size}");
         let slot = self
             .parts
@@ -309,6 +320,18 @@ async fn open_part(
     Ok((file, digest, hashed))
 }
 
+/// Bytes free for an unprivileged user on the file system of `dir`, when it can be told.
+fn free_space(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs(3) reads a NUL-terminated path and fills the struct we own.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
 async fn refuse_io(mut stream: BiStream, e: std::io::Error) -> Result<(), ServiceError> {
     tracing::warn!(error = %e, "inbox");
     write_message(&mut stream, &Reply::error("io", e.to_string())).await?;
@@ -356,6 +379,13 @@ mod tests {
         assert_eq!(names, ["report.tar", "report (1).tar", "report (2).tar"]);
         let names: Vec<String> = candidate_names(".profile").take(2).collect();
         assert_eq!(names, [".profile", ".profile (1)"]);
+    }
+
+    #[test]
+    fn free_space_is_known_for_a_real_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(free_space(dir.path()).is_some_and(|free| free > 0));
+        assert_eq!(free_space(&dir.path().join("missing")), None);
     }
 
     #[test]
