@@ -25,11 +25,19 @@ async fn main() -> Result<(), fog::BoxError> {
     println!("serving HTTP as {name} ({})", node.peer_id());
     let mut listener = fog_http::FogListener::new(&node);
     while let Some(io) = listener.accept().await {
-        let caller = io.peer().clone();
-        let service = service_fn(move |request: Request<hyper::body::Incoming>| {
-            let body = format!("hello {} from {}\n", caller.peer, request.uri().path());
-            async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-        });
+        // Each request carries the caller's verified peer id in its extensions.
+        let service = fog_http::WithPeer::new(
+            io.peer().clone(),
+            service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let caller = request
+                    .extensions()
+                    .get::<fog_http::PeerInfo>()
+                    .map(|info| info.peer.to_string())
+                    .unwrap_or_default();
+                let body = format!("hello {caller} from {}\n", request.uri().path());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+            }),
+        );
         tokio::spawn(async move {
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(io, service)

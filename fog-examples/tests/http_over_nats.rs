@@ -167,11 +167,16 @@ fn hyper_gets_share_one_p2p_connection_and_axum_sees_the_caller() {
     let _web = serve_in(&b, "web", |node| async move {
         let mut listener = FogListener::new(&node);
         while let Some(io) = listener.accept().await {
-            let caller = io.peer().clone();
-            let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                let body = format!("{} {}", caller.peer, req.uri().path());
-                async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body)))) }
-            });
+            let service = fog_http::WithPeer::new(
+                io.peer().clone(),
+                hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let caller = req.extensions().get::<PeerInfo>().expect("the caller").peer;
+                        let body = format!("{caller} {}", req.uri().path());
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from(body))))
+                    },
+                ),
+            );
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)

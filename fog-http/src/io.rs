@@ -126,3 +126,45 @@ impl tonic::transport::server::Connected for FogIo {
         self.info.clone()
     }
 }
+
+/// A hyper service that puts the stream's [`PeerInfo`] in every request's extensions, so that
+/// handlers find the caller as tonic's and axum's do.
+///
+/// ```no_run
+/// # async fn run(mut listener: fog_http::FogListener) {
+/// use hyper::service::service_fn;
+/// while let Some(io) = listener.accept().await {
+///     let service = fog_http::WithPeer::new(io.peer().clone(), service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+///         let caller = req.extensions().get::<fog_http::PeerInfo>().map(|p| p.peer.to_string());
+///         Ok::<_, std::convert::Infallible>(hyper::Response::new(caller.unwrap_or_default()))
+///     }));
+///     tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(io, service));
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct WithPeer<S> {
+    info: PeerInfo,
+    inner: S,
+}
+
+impl<S> WithPeer<S> {
+    /// `inner`, with `info` added to each request.
+    pub fn new(info: PeerInfo, inner: S) -> Self {
+        WithPeer { info, inner }
+    }
+}
+
+impl<S, B> hyper::service::Service<http::Request<B>> for WithPeer<S>
+where
+    S: hyper::service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.info.clone());
+        self.inner.call(request)
+    }
+}

@@ -31,5 +31,5 @@ mod io;
 mod listener;
 
 pub use connector::{peer_of, Connecting, ConnectorError, FogConnector};
-pub use io::{FogIo, PeerInfo};
+pub use io::{FogIo, PeerInfo, WithPeer};
 pub use listener::FogListener;

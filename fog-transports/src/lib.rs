@@ -4,6 +4,9 @@
 //!   itself and carries QUIC.
 //! - [`QuicTransport`]: a `tower::Service<Attempt>` that turns a chosen path into an
 //!   authenticated, encrypted QUIC [`Connection`](fog_core::Connection), pinning the peer's key.
+//! - [`KcpTransport`]: the same over KCP on the same socket, with TLS and yamux streams on top
+//!   ([`mux`]).
+//! - [`ProtocolRouter`]: one transport per negotiated protocol.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fog_core::BoxError> {
@@ -18,11 +21,17 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod kcp_stream;
+pub mod kcp_transport;
+pub mod mux;
 pub mod quic;
 pub mod relay;
+pub mod router;
 pub mod socket;
 pub mod tls;
 
+pub use kcp_transport::KcpTransport;
 pub use quic::QuicTransport;
 pub use relay::{RelayAllocation, RelayError, RelayServer};
+pub use router::ProtocolRouter;
 pub use socket::{FogSocket, SpraySocket};

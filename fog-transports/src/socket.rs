@@ -195,7 +195,19 @@ fn is_relay_stand_in(addr: SocketAddr) -> bool {
     }
 }
 
-/// A UDP socket that answers connectivity checks itself and passes everything else to QUIC.
+/// First byte of a datagram of fog's transports other than QUIC (KCP, …), followed by the
+/// protocol's byte: below 0x40, so never a QUIC packet (the fixed bit stays set), nor STUN
+/// (first byte 0 or 1) nor a check (its own magic).
+pub const TRANSPORT_TAG: u8 = 0x3a;
+/// Datagrams queued for one transport before new ones are dropped.
+const MAX_TRANSPORT_QUEUE: usize = 4096;
+
+/// Where the datagrams of one transport go: (the sender as the transport knows it, payload).
+pub type TransportDatagrams = mpsc::Receiver<(SocketAddr, Vec<u8>)>;
+type TransportSender = mpsc::Sender<(SocketAddr, Vec<u8>)>;
+
+/// A UDP socket that answers connectivity checks itself, hands tagged datagrams to the other
+/// transports, and passes everything else to QUIC.
 pub struct FogSocket {
     io: tokio::net::UdpSocket,
     local: SocketAddr,
@@ -213,6 +225,10 @@ pub struct FogSocket {
     /// client address and relay. Kept for [`RELAY_LINGER`] after its last user, so that the
     /// next connection finds it ready (and does not race the release of the old one).
     allocations: Arc<tokio::sync::Mutex<HashMap<RelayKey, Arc<crate::relay::RelayAllocation>>>>,
+    /// The transports besides QUIC, by protocol byte.
+    transports: Mutex<HashMap<u8, TransportSender>>,
+    /// Set once a transport registered, so sockets without one skip the lock.
+    transporting: std::sync::atomic::AtomicBool,
 }
 
 type RelayKey = (SocketAddr, fog_core::TurnTransport);
@@ -247,7 +263,70 @@ impl FogSocket {
             injected: Mutex::new(std::collections::VecDeque::new()),
             inject_waker: futures_util::task::AtomicWaker::new(),
             allocations: Arc::new(tokio::sync::Mutex::new(HashMap::new())),
+            transports: Mutex::new(HashMap::new()),
+            transporting: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// The datagrams tagged for `protocol` ([`TRANSPORT_TAG`], then `protocol`), without the
+    /// tag, with their sender as routes present it (a peer's stand-in when it has a route).
+    /// A new registration replaces the old one. They are read while the QUIC endpoint on this
+    /// socket reads.
+    pub fn transport_datagrams(&self, protocol: u8) -> TransportDatagrams {
+        let (tx, rx) = mpsc::channel(MAX_TRANSPORT_QUEUE);
+        self.transports
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(protocol, tx);
+        self.transporting
+            .store(true, std::sync::atomic::Ordering::Release);
+        rx
+    }
+
+    /// Sends `payload` tagged for `protocol` to `to` (a stand-in follows the peer's route, and
+    /// a relay-path stand-in goes through the relay). A full send buffer drops it, as a
+    /// congested path would.
+    pub fn send_transport_datagram(
+        &self,
+        to: SocketAddr,
+        protocol: u8,
+        payload: &[u8],
+    ) -> io::Result<()> {
+        let mut datagram = Vec::with_capacity(payload.len() + 2);
+        datagram.extend_from_slice(&[TRANSPORT_TAG, protocol]);
+        datagram.extend_from_slice(payload);
+        let real = self.real_addr(to);
+        if is_relay_stand_in(real) {
+            return self.transmit(&datagram, real).map(|_| ());
+        }
+        match self.send_now(&datagram, self.on_wire(real)) {
+            Err(e) if e.kind() != io::ErrorKind::WouldBlock && !is_transient(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// `addr` in the socket's own address family.
+    fn on_wire(&self, addr: SocketAddr) -> SocketAddr {
+        match (addr, self.local) {
+            (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
+                SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
+            }
+            (addr, _) => addr,
+        }
+    }
+
+    /// Hands a tagged datagram to its transport; whether it was one (those are never QUIC's).
+    fn take_transport_datagram(&self, datagram: &[u8], from: SocketAddr) -> bool {
+        if datagram.first() != Some(&TRANSPORT_TAG) || datagram.len() < 2 {
+            return false;
+        }
+        if self.transporting.load(std::sync::atomic::Ordering::Acquire) {
+            let transports = self.transports.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(tx) = transports.get(&datagram[1]) {
+                let _ = tx.try_send((self.inbound(from), datagram[2..].to_vec()));
+            }
+        }
+        true
     }
 
     /// The allocation on `relay` from this socket: the one in use, or a new one.
@@ -815,13 +894,7 @@ impl AsyncUdpSocket for FogSocket {
         if is_relay_stand_in(real) {
             return self.transmit(transmit.contents, real).map(|_| ());
         }
-        let destination = match (real, self.local) {
-            (SocketAddr::V4(v4), SocketAddr::V6(_)) => {
-                SocketAddr::from((v4.ip().to_ipv6_mapped(), v4.port()))
-            }
-            (real, _) => real,
-        };
-        match self.io.try_send_to(transmit.contents, destination) {
+        match self.io.try_send_to(transmit.contents, self.on_wire(real)) {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(e),
             // Like quinn's own socket: a send error is the network losing a packet.
@@ -843,6 +916,9 @@ impl AsyncUdpSocket for FogSocket {
             if let Some((from, datagram)) = self.next_injected() {
                 if check::looks_like_check(&datagram) {
                     self.handle_check(&datagram, from);
+                    continue;
+                }
+                if self.take_transport_datagram(&datagram, from) {
                     continue;
                 }
                 let len = datagram.len().min(bufs[0].len());
@@ -889,6 +965,9 @@ impl AsyncUdpSocket for FogSocket {
             // TURN messages and channel data from a relay this socket allocated on; other STUN
             // is nobody's.
             if self.take_relay_datagram(read.filled(), from) || stun {
+                continue;
+            }
+            if self.take_transport_datagram(read.filled(), from) {
                 continue;
             }
             meta[0] = RecvMeta {

@@ -209,11 +209,18 @@ struct NodeArgs {
     /// Long-term TURN password for --turn.
     #[arg(long, value_name = "PASSWORD", requires = "turn")]
     turn_password: Option<String>,
+    /// The transport, quic or kcp: what a dial asks for, or all a server accepts [default: a
+    /// dial asks for QUIC, a server accepts QUIC and KCP].
+    #[arg(long, value_name = "PROTOCOL")]
+    protocol: Option<fog::Protocol>,
 }
 
 impl NodeArgs {
     async fn bind(&self) -> Result<Node, BoxError> {
         let mut builder = Node::builder().signal(&self.signal);
+        if let Some(protocol) = self.protocol {
+            builder = builder.protocols([protocol]);
+        }
         if let Some(key) = &self.key {
             builder = builder.key(key);
         }
@@ -242,7 +249,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FOG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,yamux=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -638,7 +645,10 @@ async fn send(
         .map_err(|e| format!("{}: {e}", file.display()))?;
         bar.finish_and_clear();
         if json {
-            println!("{}", serde_json::to_string(&report)?);
+            let mut line = serde_json::to_value(&report)?;
+            line["protocol"] = conn.protocol().as_str().into();
+            line["path_kind"] = conn.path_kind().to_string().into();
+            println!("{line}");
         } else {
             let rate = report.bytes.saturating_sub(report.resumed_from) as f64
                 / report.seconds.max(1e-9)

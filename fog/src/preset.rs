@@ -8,7 +8,7 @@ use fog_layers::{
     GatherLayer, NatCache, NatProbeLayer, PortPredictLayer, ProtocolSelectLayer, PunchConfig,
     PunchLayer, RelayFallbackLayer, SignalLayer, StrategyLayer,
 };
-use fog_transports::{FogSocket, QuicTransport};
+use fog_transports::{FogSocket, KcpTransport, ProtocolRouter, QuicTransport};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
@@ -24,6 +24,8 @@ pub struct StackParts {
     pub signaller: Arc<dyn Signaller>,
     /// The QUIC transport service.
     pub transport: QuicTransport,
+    /// The KCP transport service (KCP, TLS and yamux on the same socket).
+    pub kcp: KcpTransport,
     /// Pace of connectivity checks.
     pub punch: PunchConfig,
     /// The node's NAT verdict, when the signal server announced STUN servers.
@@ -43,6 +45,13 @@ impl StackParts {
             .unwrap_or_default()
     }
 
+    /// Every transport of the node, by protocol: QUIC, then KCP.
+    pub fn transports(&self) -> ProtocolRouter {
+        ProtocolRouter::new()
+            .route(Protocol::Quic, self.transport.clone())
+            .route(Protocol::Kcp, self.kcp.clone())
+    }
+
     /// The socket as a prober, for [`PunchLayer`].
     pub fn prober(&self) -> Arc<dyn Prober> {
         self.socket.clone()
@@ -51,8 +60,9 @@ impl StackParts {
 
 /// The default preset: NAT probe (when STUN servers are known) → gather (host and
 /// server-reflexive) → port prediction → relay (when relays are known) → signal → strategy →
-/// punch → protocol select → QUIC.
+/// punch → protocol select → the negotiated protocol's transport (QUIC or KCP).
 pub fn default_stack(parts: &StackParts) -> Stack {
+    let transports = parts.transports();
     let stack = ServiceBuilder::new()
         .option_layer(parts.nat.clone().map(NatProbeLayer::new))
         .layer(GatherLayer::new(parts.socket.local_addr()).with_stun(parts.prober(), parts.stun()))
@@ -66,7 +76,7 @@ pub fn default_stack(parts: &StackParts) -> Stack {
         .layer(SignalLayer::new(parts.signaller.clone()))
         .layer(StrategyLayer::new())
         .layer(PunchLayer::new(parts.prober()).with_config(parts.punch))
-        .layer(ProtocolSelectLayer::new([Protocol::Quic]))
-        .service(parts.transport.clone());
+        .layer(ProtocolSelectLayer::new(transports.protocols()))
+        .service(transports);
     BoxCloneSyncService::new(stack)
 }

@@ -7,7 +7,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use fog_natlab::process::{output_within, spawn_until_line, ChildGuard};
-use fog_natlab::{Host, Lab};
+use fog_natlab::{Host, Lab, Router};
 
 pub const FOG: &str = env!("CARGO_BIN_EXE_fog");
 pub const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
@@ -80,4 +80,67 @@ pub fn lab_with_server_host(relay: bool) -> (Lab, Host, ChildGuard) {
     }
     let fog_server = start(&server, &args, "fog signal server on");
     (lab, server, fog_server)
+}
+
+/// UDP between the two routers' public addresses dropped on the way in, before conntrack and
+/// NAT see it: the direct pair is dead, the relay (on another address) is not.
+pub struct DirectBlock {
+    routers: Vec<(String, std::net::Ipv4Addr)>,
+    table: String,
+}
+
+pub fn nft(namespace: &str, script: &str) -> std::io::Result<std::process::Output> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", namespace, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(script.as_bytes())?;
+    child.wait_with_output()
+}
+
+impl DirectBlock {
+    pub fn new(a: &Router, b: &Router) -> DirectBlock {
+        DirectBlock {
+            routers: vec![
+                (a.name().to_string(), b.wan_addr()),
+                (b.name().to_string(), a.wan_addr()),
+            ],
+            table: format!("fogtest_block_{}", std::process::id()),
+        }
+    }
+
+    pub fn on(&self) {
+        for (namespace, from) in &self.routers {
+            let script = format!(
+                "table inet {t} {{\n chain block {{\n type filter hook prerouting priority -300;\n \
+                 ip saddr {from} meta l4proto udp drop\n }}\n}}\n",
+                t = self.table
+            );
+            let out = nft(namespace, &script).expect("nft runs");
+            assert!(
+                out.status.success(),
+                "nft: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
+    pub fn off(&self) {
+        for (namespace, _) in &self.routers {
+            let _ = nft(namespace, &format!("delete table inet {}", self.table));
+        }
+    }
+}
+
+impl Drop for DirectBlock {
+    fn drop(&mut self) {
+        self.off();
+    }
 }

@@ -1,0 +1,346 @@
+//! An authenticated, encrypted, multiplexed connection over any reliable byte stream: TLS 1.3
+//! with both node keys pinned, exactly as QUIC's handshake does, then yamux for many streams.
+//! The transports that give one byte stream (KCP, …) become fog connections through it.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use fog_core::{
+    ConnectError, ConnectionError, Identity, PeerId, RecvHalf, SendHalf, TransportConnection,
+    TransportCounters,
+};
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+use crate::tls;
+
+/// Bytes in and out of a stream, for [`TransportCounters`].
+#[derive(Default)]
+struct Counts {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+/// A byte stream that counts what passes.
+struct Counted<T> {
+    io: T,
+    counts: Arc<Counts>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.counts.received.fetch_add(n as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counts.sent.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Which end of the TLS handshake this side is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Opens the handshake, naming the session and pinning the peer's key.
+    Client,
+    /// Answers it; the client's key must be the expected peer's.
+    Server,
+}
+
+/// Where the connection runs, for the connection's address accessors.
+pub trait PathInfo: Send + Sync + 'static {
+    /// The peer's address on the path in use now.
+    fn remote_addr(&self) -> SocketAddr;
+    /// The relay the path goes through, if it does.
+    fn relay_addr(&self) -> Option<SocketAddr>;
+}
+
+/// Who shakes hands with whom.
+pub struct Handshake<'a> {
+    /// This side's end of it.
+    pub side: Side,
+    /// This node's key.
+    pub identity: &'a Identity,
+    /// The only key accepted on the other end.
+    pub peer: PeerId,
+    /// The attempt's session id (hex), named in the TLS server name as QUIC does.
+    pub session: &'a str,
+}
+
+/// What the connection reports and keeps.
+pub struct Carried {
+    /// The local address of the path.
+    pub local: SocketAddr,
+    /// Where the path runs now.
+    pub path: Box<dyn PathInfo>,
+    /// What must live as long as the connection (relay allocations, the path watch).
+    pub keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// TLS over `io`, accepting only the handshake's peer; then yamux.
+pub async fn secure<T>(
+    io: T,
+    handshake: Handshake<'_>,
+    carried: Carried,
+) -> Result<MuxConnection, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Handshake {
+        side,
+        identity,
+        peer,
+        session,
+    } = handshake;
+    let Carried { local, path, keep } = carried;
+    let counts = Arc::new(Counts::default());
+    let io = Counted {
+        io,
+        counts: counts.clone(),
+    };
+    let refused = |e: &dyn std::fmt::Display| ConnectError::HandshakeRefused(e.to_string());
+    let (conn, mode) = match side {
+        Side::Client => {
+            let config = tls::client_config(identity, peer).map_err(|e| refused(&e))?;
+            let name = rustls::pki_types::ServerName::try_from(format!("s{session}"))
+                .map_err(|e| refused(&e))?;
+            let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(name, io)
+                .await
+                .map_err(|e| refused(&e))?;
+            (tokio_rustls::TlsStream::Client(stream), yamux::Mode::Client)
+        }
+        Side::Server => {
+            let config = tls::server_config(identity).map_err(|e| refused(&e))?;
+            let stream = tokio_rustls::TlsAcceptor::from(Arc::new(config))
+                .accept(io)
+                .await
+                .map_err(|e| refused(&e))?;
+            let presented = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|cert| tls::peer_id_of_certificate(cert.as_ref()));
+            match presented {
+                Some(id) if id == peer => {}
+                Some(id) => {
+                    return Err(ConnectError::HandshakeRefused(format!(
+                        "the dialer presented key {id}, but the offer came from {peer}"
+                    )))
+                }
+                None => {
+                    return Err(ConnectError::HandshakeRefused(
+                        "the dialer presented no Ed25519 key".into(),
+                    ))
+                }
+            }
+            (tokio_rustls::TlsStream::Server(stream), yamux::Mode::Server)
+        }
+    };
+    let (open_tx, open_rx) = mpsc::channel(16);
+    let (inbound_tx, inbound_rx) = mpsc::channel(64);
+    let (closed_tx, closed_rx) = watch::channel(None);
+    let (close_tx, close_rx) = oneshot::channel();
+    let connection = yamux::Connection::new(conn.compat(), yamux::Config::default(), mode);
+    tokio::spawn(drive(connection, open_rx, inbound_tx, close_rx, closed_tx));
+    Ok(MuxConnection {
+        open: open_tx,
+        inbound: tokio::sync::Mutex::new(inbound_rx),
+        close: std::sync::Mutex::new(Some(close_tx)),
+        closed: closed_rx,
+        counts,
+        local,
+        path,
+        _keep: keep,
+    })
+}
+
+type OpenReply = oneshot::Sender<Result<yamux::Stream, String>>;
+
+/// Runs the yamux connection: opens streams on request, hands out the peer's, closes on
+/// request; tells `closed` why it ended.
+async fn drive<T>(
+    mut connection: yamux::Connection<T>,
+    mut open: mpsc::Receiver<OpenReply>,
+    inbound: mpsc::Sender<yamux::Stream>,
+    mut close: oneshot::Receiver<String>,
+    closed: watch::Sender<Option<String>>,
+) where
+    T: futures_util::AsyncRead + futures_util::AsyncWrite + Unpin,
+{
+    let mut waiting: std::collections::VecDeque<OpenReply> = Default::default();
+    let reason = std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(reason) = Pin::new(&mut close).poll(cx) {
+            let reason = reason.unwrap_or_else(|_| "connection dropped".into());
+            return Poll::Ready(Some(reason));
+        }
+        let mut progress = false;
+        while let Poll::Ready(Some(reply)) = open.poll_recv(cx) {
+            waiting.push_back(reply);
+        }
+        if !waiting.is_empty() {
+            match connection.poll_new_outbound(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    let _ = waiting.pop_front().expect("waiting").send(Ok(stream));
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    for reply in waiting.drain(..) {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                    return Poll::Ready(Some(e.to_string()));
+                }
+                Poll::Pending => {}
+            }
+        }
+        match connection.poll_next_inbound(cx) {
+            Poll::Ready(Some(Ok(stream))) => {
+                // A full queue means nobody accepts: the stream is dropped (reset).
+                let _ = inbound.try_send(stream);
+                progress = true;
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(e.to_string())),
+            Poll::Ready(None) => return Poll::Ready(Some("closed by the peer".to_string())),
+            Poll::Pending => {}
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    })
+    .await;
+    if reason.as_deref() != Some("closed by the peer") {
+        let _ = std::future::poll_fn(|cx| connection.poll_close(cx)).await;
+    }
+    for reply in waiting.drain(..) {
+        let _ = reply.send(Err("connection closed".into()));
+    }
+    let _ = closed.send(Some(reason.unwrap_or_default()));
+}
+
+use std::future::Future;
+
+/// A connection made by [`secure`].
+pub struct MuxConnection {
+    open: mpsc::Sender<OpenReply>,
+    inbound: tokio::sync::Mutex<mpsc::Receiver<yamux::Stream>>,
+    close: std::sync::Mutex<Option<oneshot::Sender<String>>>,
+    closed: watch::Receiver<Option<String>>,
+    counts: Arc<Counts>,
+    local: SocketAddr,
+    path: Box<dyn PathInfo>,
+    /// What must live as long as the connection (relay allocations, the path watch).
+    _keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl MuxConnection {
+    fn reason(&self) -> String {
+        self.closed
+            .borrow()
+            .clone()
+            .unwrap_or_else(|| "connection closed".into())
+    }
+}
+
+fn halves(stream: yamux::Stream) -> (SendHalf, RecvHalf) {
+    let (recv, send) = tokio::io::split(stream.compat());
+    (Box::new(send), Box::new(recv))
+}
+
+impl TransportConnection for MuxConnection {
+    fn open_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), ConnectionError>> {
+        Box::pin(async move {
+            let (tx, rx) = oneshot::channel();
+            self.open
+                .send(tx)
+                .await
+                .map_err(|_| ConnectionError::Closed(self.reason()))?;
+            match rx.await {
+                Ok(Ok(stream)) => Ok(halves(stream)),
+                Ok(Err(e)) => Err(ConnectionError::Closed(e)),
+                Err(_) => Err(ConnectionError::Closed(self.reason())),
+            }
+        })
+    }
+
+    fn accept_bi(&self) -> BoxFuture<'_, Result<(SendHalf, RecvHalf), ConnectionError>> {
+        Box::pin(async move {
+            match self.inbound.lock().await.recv().await {
+                Some(stream) => Ok(halves(stream)),
+                None => Err(ConnectionError::Closed(self.reason())),
+            }
+        })
+    }
+
+    fn counters(&self) -> TransportCounters {
+        TransportCounters {
+            bytes_sent: self.counts.sent.load(Ordering::Relaxed),
+            bytes_received: self.counts.received.load(Ordering::Relaxed),
+            rtt: None,
+        }
+    }
+
+    fn remote_addr(&self) -> SocketAddr {
+        self.path.remote_addr()
+    }
+
+    fn relay_addr(&self) -> Option<SocketAddr> {
+        self.path.relay_addr()
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn close(&self, reason: &str) {
+        if let Some(tx) = self.close.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = tx.send(reason.to_string());
+        }
+    }
+
+    fn closed(&self) -> BoxFuture<'_, String> {
+        let mut closed = self.closed.clone();
+        Box::pin(async move {
+            match closed.wait_for(|reason| reason.is_some()).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "connection closed".into(),
+            }
+        })
+    }
+}
+
+impl Drop for MuxConnection {
+    fn drop(&mut self) {
+        self.close("connection dropped");
+    }
+}
