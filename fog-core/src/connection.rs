@@ -28,6 +28,22 @@ pub enum ConnectionError {
     /// Stream-level failure.
     #[error("stream error: {0}")]
     Stream(String),
+    /// The transport does not offer this.
+    #[error("not supported by {protocol}: {what}")]
+    Unsupported {
+        /// The connection's protocol.
+        protocol: &'static str,
+        /// What was asked for.
+        what: &'static str,
+    },
+    /// A datagram larger than the path takes now.
+    #[error("a datagram of {size} bytes; the path takes at most {max}")]
+    TooLarge {
+        /// The datagram's size.
+        size: usize,
+        /// The largest the connection takes now.
+        max: usize,
+    },
 }
 
 /// Byte counters a transport keeps.
@@ -59,6 +75,26 @@ pub trait TransportConnection: Send + Sync + 'static {
     fn closed(&self) -> BoxFuture<'_, String>;
     /// The relay the connection goes through now (ours, or the peer's relayed address).
     fn relay_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// Sends an unreliable datagram, encrypted like the streams.
+    fn send_datagram(&self, _datagram: &[u8]) -> Result<(), ConnectionError> {
+        Err(ConnectionError::Unsupported {
+            protocol: "this transport",
+            what: "datagrams",
+        })
+    }
+    /// Waits for the peer's next datagram.
+    fn recv_datagram(&self) -> BoxFuture<'_, Result<Vec<u8>, ConnectionError>> {
+        Box::pin(async {
+            Err(ConnectionError::Unsupported {
+                protocol: "this transport",
+                what: "datagrams",
+            })
+        })
+    }
+    /// The largest datagram the connection takes now, or `None` without datagrams.
+    fn max_datagram_size(&self) -> Option<usize> {
         None
     }
 }
@@ -270,6 +306,25 @@ impl Connection {
     /// Waits for the peer to open a bidirectional stream.
     pub async fn accept_bi(&self) -> Result<(SendHalf, RecvHalf), ConnectionError> {
         self.inner.observe(self.inner.transport.accept_bi().await)
+    }
+
+    /// Sends an unreliable, unordered datagram to the peer, encrypted and authenticated like
+    /// the streams (QUIC datagrams, RFC 9221). It may be lost; it is never delivered twice or
+    /// altered. Fails at once when it is larger than [`max_datagram_size`](Self::max_datagram_size)
+    /// or the protocol has no datagrams.
+    pub fn send_datagram(&self, datagram: &[u8]) -> Result<(), ConnectionError> {
+        self.inner.transport.send_datagram(datagram)
+    }
+
+    /// Waits for the peer's next datagram.
+    pub async fn recv_datagram(&self) -> Result<Vec<u8>, ConnectionError> {
+        self.inner.transport.recv_datagram().await
+    }
+
+    /// The largest datagram [`send_datagram`](Self::send_datagram) takes now (it depends on
+    /// the path), or `None` when the protocol has no datagrams.
+    pub fn max_datagram_size(&self) -> Option<usize> {
+        self.inner.transport.max_datagram_size()
     }
 
     /// Byte counts and current speeds.

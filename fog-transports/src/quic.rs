@@ -422,6 +422,34 @@ impl TransportConnection for QuicConnection {
         self.conn.close(0u32.into(), reason.as_bytes());
     }
 
+    fn send_datagram(&self, datagram: &[u8]) -> Result<(), ConnectionError> {
+        use quinn::SendDatagramError as E;
+        self.conn
+            .send_datagram(bytes::Bytes::copy_from_slice(datagram))
+            .map_err(|e| match e {
+                E::TooLarge => ConnectionError::TooLarge {
+                    size: datagram.len(),
+                    max: self.conn.max_datagram_size().unwrap_or(0),
+                },
+                E::UnsupportedByPeer | E::Disabled => ConnectionError::Unsupported {
+                    protocol: "quic",
+                    what: "datagrams (the peer turned them off)",
+                },
+                E::ConnectionLost(e) => closed(e),
+            })
+    }
+
+    fn recv_datagram(&self) -> BoxFuture<'_, Result<Vec<u8>, ConnectionError>> {
+        Box::pin(async move {
+            let datagram = self.conn.read_datagram().await.map_err(closed)?;
+            Ok(datagram.to_vec())
+        })
+    }
+
+    fn max_datagram_size(&self) -> Option<usize> {
+        self.conn.max_datagram_size()
+    }
+
     fn closed(&self) -> BoxFuture<'_, String> {
         Box::pin(async move { self.conn.closed().await.to_string() })
     }

@@ -152,6 +152,13 @@ async fn the_right_keys_connect_and_carry_streams_and_a_transfer_intact() {
         assert!(got == sent, "the echo differs");
     }
     assert!(dialled.stats().bytes_sent >= big.len() as u64);
+    // KCP has no datagrams: a clear error, not a silent drop.
+    assert_eq!(dialled.max_datagram_size(), None);
+    let err = dialled.send_datagram(b"x").unwrap_err();
+    assert!(
+        matches!(err, fog_core::ConnectionError::Unsupported { .. }),
+        "{err}"
+    );
     dialled.close("done");
     let reason = bounded(dialled.closed()).await;
     assert!(!reason.is_empty());

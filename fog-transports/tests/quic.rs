@@ -109,6 +109,41 @@ async fn the_right_keys_connect_and_carry_streams() {
 }
 
 #[tokio::test]
+async fn datagrams_arrive_encrypted_and_oversized_ones_are_refused() {
+    let (a, b) = (side().await, side().await);
+    let session = SessionKeys::generate();
+    let answering = tokio::spawn(b.transport.clone().oneshot(respond(
+        &b,
+        a.identity.peer_id(),
+        &a,
+        session,
+    )));
+    let dialled = bounded(
+        a.transport
+            .clone()
+            .oneshot(dial(&a, b.identity.peer_id(), &b, session)),
+    )
+    .await
+    .unwrap();
+    let answered = bounded(answering).await.unwrap().unwrap();
+    let max = dialled.max_datagram_size().expect("QUIC has datagrams");
+    assert!(max >= 1000, "{max}");
+    // Loopback loses nothing, but send a few in case the first one races the handshake's end.
+    for i in 0..3u8 {
+        dialled.send_datagram(&[i; 100]).unwrap();
+    }
+    let got = bounded(answered.recv_datagram()).await.unwrap();
+    assert_eq!(got.len(), 100);
+    answered.send_datagram(b"pong").unwrap();
+    assert_eq!(bounded(dialled.recv_datagram()).await.unwrap(), b"pong");
+    let err = dialled.send_datagram(&vec![0u8; max + 1]).unwrap_err();
+    assert!(
+        matches!(err, fog_core::ConnectionError::TooLarge { size, .. } if size == max + 1),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_dialer_refuses_a_server_with_the_wrong_key() {
     let (a, b) = (side().await, side().await);
     let someone_else = Identity::generate().peer_id();
