@@ -50,16 +50,11 @@ struct RoutedPath {
 
 impl PathInfo for RoutedPath {
     fn remote_addr(&self) -> SocketAddr {
-        let real = self.socket.real_addr(self.to);
-        match self.socket.relay_behind(real) {
-            Some((_, peer)) => peer,
-            None => real,
-        }
+        self.socket.peer_behind(self.to).0
     }
 
     fn relay_addr(&self) -> Option<SocketAddr> {
-        let real = self.socket.real_addr(self.to);
-        self.socket.relay_behind(real).map(|(server, _)| server)
+        self.socket.peer_behind(self.to).1
     }
 }
 

@@ -402,16 +402,11 @@ impl TransportConnection for QuicConnection {
     }
 
     fn remote_addr(&self) -> SocketAddr {
-        let real = self.socket.real_addr(self.conn.remote_address());
-        match self.socket.relay_behind(real) {
-            Some((_, peer)) => peer,
-            None => real,
-        }
+        self.socket.peer_behind(self.conn.remote_address()).0
     }
 
     fn relay_addr(&self) -> Option<SocketAddr> {
-        let real = self.socket.real_addr(self.conn.remote_address());
-        self.socket.relay_behind(real).map(|(server, _)| server)
+        self.socket.peer_behind(self.conn.remote_address()).1
     }
 
     fn local_addr(&self) -> SocketAddr {

@@ -523,6 +523,16 @@ impl FogSocket {
         Some(self.presented(stand_in))
     }
 
+    /// Where the peer behind `addr` (a stand-in or a real address) is reached now: its address,
+    /// and the relay in between when the path is relayed.
+    pub fn peer_behind(&self, addr: SocketAddr) -> (SocketAddr, Option<SocketAddr>) {
+        let real = self.real_addr(addr);
+        match self.relay_behind(real) {
+            Some((server, peer)) => (peer, Some(server)),
+            None => (real, None),
+        }
+    }
+
     /// The real address behind `addr` now: the route's current address for a stand-in, else
     /// `addr` itself.
     pub fn real_addr(&self, addr: SocketAddr) -> SocketAddr {

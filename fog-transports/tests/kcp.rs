@@ -1,85 +1,21 @@
 //! The KCP transport (KCP on the shared socket, TLS, yamux) between real sockets on loopback:
 //! streams, a transfer that arrives intact, and key pinning both ways.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
-use fog_core::Protocol;
-use fog_core::{
-    Attempt, Candidate, ConnectError, EventBus, Identity, PathKind, PeerId, RemoteInfo,
-    SelectedPath, SessionKeys,
-};
-use fog_transports::{FogSocket, KcpTransport, QuicTransport};
+use common::*;
+use fog_core::{Attempt, PeerId, Protocol, SessionKeys};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
 
-struct Side {
-    identity: Identity,
-    socket: Arc<FogSocket>,
-    transport: KcpTransport,
-    /// Its endpoint reads the socket, for every transport on it.
-    _quic: QuicTransport,
-}
-
-async fn side() -> Side {
-    let identity = Identity::generate();
-    let socket = FogSocket::bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let quic = QuicTransport::new(socket.clone(), identity.clone()).unwrap();
-    let transport = KcpTransport::new(socket.clone(), identity.clone());
-    Side {
-        identity,
-        socket,
-        transport,
-        _quic: quic,
-    }
-}
-
-fn path(from: SocketAddr, to: SocketAddr) -> Option<SelectedPath> {
-    Some(SelectedPath {
-        remote: Candidate::host(to),
-        local: from,
-        kind: PathKind::Direct,
-        rtt: Duration::from_millis(1),
-    })
-}
-
-/// A dialling attempt from `me` that expects `expected` at `to`.
 fn dial(me: &Side, expected: PeerId, to: &Side, session: SessionKeys) -> Attempt {
-    let mut attempt = Attempt::dial(me.identity.peer_id(), expected.into(), EventBus::new());
-    attempt.session = session;
-    attempt.protocols = vec![Protocol::Kcp];
-    attempt.protocol = Some(Protocol::Kcp);
-    attempt.path = path(me.socket.local_addr(), to.socket.local_addr());
-    attempt
+    dial_over(Protocol::Kcp, me, expected, to, session)
 }
 
-/// The answering attempt of `me`, for an offer that came from `from`.
 fn respond(me: &Side, from: PeerId, dialer: &Side, session: SessionKeys) -> Attempt {
-    let remote = RemoteInfo {
-        peer_id: from,
-        name: None,
-        candidates: vec![Candidate::host(dialer.socket.local_addr())],
-        nat: None,
-        protocols: vec![Protocol::Kcp],
-        trickle: false,
-    };
-    let mut attempt = Attempt::respond(me.identity.peer_id(), session, remote, EventBus::new());
-    attempt.protocol = Some(Protocol::Kcp);
-    attempt.path = path(me.socket.local_addr(), dialer.socket.local_addr());
-    attempt
-}
-
-fn cause(e: &fog_core::BoxError) -> ConnectError {
-    ConnectError::find(&**e).unwrap_or_else(|| panic!("no ConnectError in {e}"))
-}
-
-async fn bounded<T>(f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(15), f)
-        .await
-        .expect("step finished within 15 s")
+    respond_over(Protocol::Kcp, me, from, dialer, session)
 }
 
 /// Pseudo-random bytes.
@@ -99,14 +35,14 @@ fn data(len: usize) -> Vec<u8> {
 async fn the_right_keys_connect_and_carry_streams_and_a_transfer_intact() {
     let (a, b) = (side().await, side().await);
     let session = SessionKeys::generate();
-    let answering = tokio::spawn(b.transport.clone().oneshot(respond(
+    let answering = tokio::spawn(b.kcp.clone().oneshot(respond(
         &b,
         a.identity.peer_id(),
         &a,
         session,
     )));
     let dialled = bounded(
-        a.transport
+        a.kcp
             .clone()
             .oneshot(dial(&a, b.identity.peer_id(), &b, session)),
     )
@@ -162,91 +98,4 @@ async fn the_right_keys_connect_and_carry_streams_and_a_transfer_intact() {
     dialled.close("done");
     let reason = bounded(dialled.closed()).await;
     assert!(!reason.is_empty());
-}
-
-#[tokio::test]
-async fn a_dialer_refuses_a_server_with_the_wrong_key() {
-    let (a, b) = (side().await, side().await);
-    let someone_else = Identity::generate().peer_id();
-    let session = SessionKeys::generate();
-    let answering = tokio::spawn(b.transport.clone().oneshot(respond(
-        &b,
-        a.identity.peer_id(),
-        &a,
-        session,
-    )));
-    let err = bounded(
-        a.transport
-            .clone()
-            .oneshot(dial(&a, someone_else, &b, session)),
-    )
-    .await
-    .expect_err("a server without the expected key is refused");
-    assert!(
-        matches!(cause(&err), ConnectError::HandshakeRefused(_)),
-        "{err}"
-    );
-    let err = bounded(answering)
-        .await
-        .unwrap()
-        .expect_err("the responder fails too");
-    let cause = cause(&err);
-    assert!(
-        matches!(
-            cause,
-            ConnectError::HandshakeRefused(_) | ConnectError::Timeout(_)
-        ),
-        "{err}"
-    );
-}
-
-#[tokio::test]
-async fn a_responder_refuses_a_dialer_that_is_not_the_offering_peer() {
-    let (alice, bob, mallory) = (side().await, side().await, side().await);
-    let session = SessionKeys::generate();
-    // Bob expects Alice (the signal server introduced her); Mallory dials with her own key.
-    let answering = tokio::spawn(bob.transport.clone().oneshot(respond(
-        &bob,
-        alice.identity.peer_id(),
-        &mallory,
-        session,
-    )));
-    let mallory_result = bounded(mallory.transport.clone().oneshot(dial(
-        &mallory,
-        bob.identity.peer_id(),
-        &bob,
-        session,
-    )))
-    .await;
-    let err = bounded(answering)
-        .await
-        .unwrap()
-        .expect_err("Bob refuses Mallory");
-    assert!(
-        matches!(cause(&err), ConnectError::HandshakeRefused(_)),
-        "{err}"
-    );
-    assert!(err.to_string().contains("presented key"), "{err}");
-    // Whatever Mallory got, it carries nothing: Bob dropped the session.
-    if let Ok(conn) = mallory_result {
-        let opened = tokio::time::timeout(Duration::from_secs(45), async {
-            let (mut send, mut recv) = conn.open_bi().await?;
-            send.write_all(b"hello?")
-                .await
-                .map_err(|e| fog_core::ConnectionError::Stream(e.to_string()))?;
-            send.shutdown()
-                .await
-                .map_err(|e| fog_core::ConnectionError::Stream(e.to_string()))?;
-            let mut got = Vec::new();
-            recv.read_to_end(&mut got)
-                .await
-                .map_err(|e| fog_core::ConnectionError::Stream(e.to_string()))?;
-            Ok::<_, fog_core::ConnectionError>(got)
-        })
-        .await;
-        assert!(
-            !matches!(opened, Ok(Ok(ref got)) if got == b"hello?"),
-            "Mallory was echoed"
-        );
-    }
 }

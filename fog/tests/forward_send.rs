@@ -29,28 +29,6 @@ fn two_peers(lab: &mut Lab) -> (Host, Host) {
     (a, b)
 }
 
-/// Pseudo-random bytes, so that a lost or repeated block changes the hash.
-fn test_data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// `python3 -m http.server` on 127.0.0.1:`port` in `host`, serving `dir`.
 fn http_server(host: &Host, port: u16, dir: &Path) -> ChildGuard {
     spawn_until_line(

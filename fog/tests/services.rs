@@ -3,6 +3,8 @@
 //! service that was not exposed. Two nodes and a signal server on loopback, as a peer that
 //! speaks the service protocol directly would.
 
+mod lab;
+
 use std::time::Duration;
 
 use fog::service::{
@@ -10,6 +12,7 @@ use fog::service::{
 };
 use fog::{Connection, Node};
 use futures_util::StreamExt;
+use lab::sha256_hex;
 use tokio::io::AsyncWriteExt;
 
 struct Pair {
@@ -65,14 +68,6 @@ fn send_request(name: &str, size: u64, sha256: &str) -> Request {
         size,
         sha256: sha256.into(),
     }
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[tokio::test]

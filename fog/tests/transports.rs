@@ -15,28 +15,6 @@ use lab::*;
 
 const SIZE: usize = 20 * 1024 * 1024;
 
-/// Pseudo-random bytes.
-fn test_data(len: usize) -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// How the path between the peers is made.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum PathCase {
@@ -158,7 +136,7 @@ fn all_paths(protocol: &str) {
     let (mut lab, _server) = lab_with_fog_server(true);
     let files = tempfile::tempdir().unwrap();
     let file = files.path().join("twenty.bin");
-    let data = test_data(SIZE);
+    let data = test_data(SIZE, 3);
     std::fs::write(&file, &data).unwrap();
     let sha256 = sha256_hex(&data);
     for case in [PathCase::Direct, PathCase::Relay, PathCase::Lossy] {
