@@ -2,14 +2,14 @@
 //! changes in the middle: it starts on the relay while the direct pair is blocked and moves to
 //! the direct pair once it opens; or it starts direct and falls back to the relay when the
 //! direct pair is cut. Either way the stream stays open and the bytes arrive with the same
-//! SHA-256.
+//! SHA-256. Over QUIC and over KCP.
 
 mod lab;
 
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
-use fog::{Event, Node, PathKind};
+use fog::{Event, Node, PathKind, Protocol};
 use fog_natlab::{Host, Lab, Link, NatBehaviour};
 use futures_util::StreamExt;
 use lab::*;
@@ -90,10 +90,12 @@ fn send_all(
     name: String,
     halfway: std_mpsc::Sender<()>,
     go: std_mpsc::Receiver<()>,
+    protocol: Protocol,
 ) -> Sent {
     host.run(move || async move {
         let node = Node::builder()
             .signal(SIGNAL)
+            .protocols([protocol])
             .bind()
             .await
             .expect("sender registers");
@@ -102,6 +104,7 @@ fn send_all(
             .await
             .expect("connects within 20 s")
             .expect("connects");
+        assert_eq!(conn.protocol(), protocol);
         let path_at_start = conn.path_kind();
         let (mut send, mut recv) = conn.open_bi().await.expect("a stream");
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
@@ -161,14 +164,14 @@ fn setup(lab: &mut Lab, access: Link) -> (Host, Host, DirectBlock) {
     (a, b, block)
 }
 
-fn transfer(a: &Host, b: &Host, name: &str, change: impl FnOnce()) -> Sent {
+fn transfer(a: &Host, b: &Host, name: &str, protocol: Protocol, change: impl FnOnce()) -> Sent {
     let receiver = receiver(b, name.to_string());
     let (halfway_tx, halfway_rx) = std_mpsc::channel();
     let (go_tx, go_rx) = std_mpsc::channel();
     let sent = std::thread::scope(|scope| {
         // Owned here, so that a panic in `change` drops it and the sender stops waiting.
         let go_tx = go_tx;
-        let sender = scope.spawn(|| send_all(a, name.to_string(), halfway_tx, go_rx));
+        let sender = scope.spawn(|| send_all(a, name.to_string(), halfway_tx, go_rx, protocol));
         if halfway_rx.recv_timeout(Duration::from_secs(60)).is_ok() {
             change();
             go_tx.send(()).unwrap();
@@ -187,12 +190,12 @@ fn assert_intact(sent: &Sent) {
     );
 }
 
-#[test]
-fn a_transfer_that_starts_on_the_relay_moves_to_the_direct_pair_and_arrives_intact() {
+fn upgrade(protocol: Protocol) {
     let (mut lab, _server) = lab_with_fog_server(true);
     let (a, b, block) = setup(&mut lab, Link::default());
     block.on();
-    let sent = transfer(&a, &b, "upgrade-receiver", || block.off());
+    let name = format!("upgrade-receiver-{protocol}");
+    let sent = transfer(&a, &b, &name, protocol, || block.off());
     assert_eq!(sent.path_at_start, PathKind::Relay, "{sent:?}");
     assert_eq!(sent.path_at_end, PathKind::Direct, "{sent:?}");
     assert!(
@@ -204,11 +207,11 @@ fn a_transfer_that_starts_on_the_relay_moves_to_the_direct_pair_and_arrives_inta
     assert_intact(&sent);
 }
 
-#[test]
-fn a_transfer_whose_direct_pair_is_cut_falls_back_to_the_relay_and_arrives_intact() {
+fn downgrade(protocol: Protocol) {
     let (mut lab, _server) = lab_with_fog_server(true);
     let (a, b, block) = setup(&mut lab, Link::default());
-    let sent = transfer(&a, &b, "downgrade-receiver", || block.on());
+    let name = format!("downgrade-receiver-{protocol}");
+    let sent = transfer(&a, &b, &name, protocol, || block.on());
     assert_eq!(sent.path_at_start, PathKind::Direct, "{sent:?}");
     assert_eq!(sent.path_at_end, PathKind::Relay, "{sent:?}");
     assert!(
@@ -218,4 +221,24 @@ fn a_transfer_whose_direct_pair_is_cut_falls_back_to_the_relay_and_arrives_intac
         "no downgrade event: {sent:?}"
     );
     assert_intact(&sent);
+}
+
+#[test]
+fn a_transfer_that_starts_on_the_relay_moves_to_the_direct_pair_and_arrives_intact() {
+    upgrade(Protocol::Quic);
+}
+
+#[test]
+fn a_transfer_whose_direct_pair_is_cut_falls_back_to_the_relay_and_arrives_intact() {
+    downgrade(Protocol::Quic);
+}
+
+#[test]
+fn a_kcp_transfer_moves_from_the_relay_to_the_direct_pair_intact() {
+    upgrade(Protocol::Kcp);
+}
+
+#[test]
+fn a_kcp_transfer_falls_back_to_the_relay_intact() {
+    downgrade(Protocol::Kcp);
 }
