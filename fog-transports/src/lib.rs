@@ -29,9 +29,11 @@ pub mod relay;
 pub mod router;
 pub mod socket;
 pub mod tls;
+pub mod utp_transport;
 
 pub use kcp_transport::KcpTransport;
 pub use quic::QuicTransport;
 pub use relay::{RelayAllocation, RelayError, RelayServer};
 pub use router::ProtocolRouter;
 pub use socket::{FogSocket, SpraySocket};
+pub use utp_transport::UtpTransport;

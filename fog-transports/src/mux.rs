@@ -146,6 +146,14 @@ where
                 .accept(io)
                 .await
                 .map_err(|e| refused(&e))?;
+            // The dialer names the attempt's session, as in QUIC: a stream of another attempt
+            // (the same peer dialling twice at once) is not taken for this one.
+            let named = stream.get_ref().1.server_name().map(str::to_string);
+            if named.as_deref() != Some(format!("s{session}").as_str()) {
+                return Err(ConnectError::HandshakeRefused(format!(
+                    "the dialer named session {named:?}, not this attempt's"
+                )));
+            }
             let presented = stream
                 .get_ref()
                 .1

@@ -271,7 +271,9 @@ impl FogSocket {
     /// The datagrams tagged for `protocol` ([`TRANSPORT_TAG`], then `protocol`), without the
     /// tag, with their sender as routes present it (a peer's stand-in when it has a route).
     /// A new registration replaces the old one. They are read while the QUIC endpoint on this
-    /// socket reads.
+    /// socket reads, into its buffers of 1472 bytes: a longer datagram arrives cut, so a
+    /// transport keeps its datagrams, tag included, within that (1280 bytes leaves room for a
+    /// relay's framing as well).
     pub fn transport_datagrams(&self, protocol: u8) -> TransportDatagrams {
         let (tx, rx) = mpsc::channel(MAX_TRANSPORT_QUEUE);
         self.transports
@@ -305,6 +307,33 @@ impl FogSocket {
         }
     }
 
+    /// [`send_transport_datagram`](Self::send_transport_datagram) that waits (returns
+    /// `Pending`) while the socket's send buffer is full, for transports that pace themselves
+    /// by the socket.
+    pub fn poll_send_transport_datagram(
+        &self,
+        cx: &mut Context<'_>,
+        to: SocketAddr,
+        protocol: u8,
+        payload: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let real = self.real_addr(to);
+        if is_relay_stand_in(real) {
+            return Poll::Ready(
+                self.send_transport_datagram(to, protocol, payload)
+                    .map(|_| payload.len()),
+            );
+        }
+        let mut datagram = Vec::with_capacity(payload.len() + 2);
+        datagram.extend_from_slice(&[TRANSPORT_TAG, protocol]);
+        datagram.extend_from_slice(payload);
+        match ready!(self.io.poll_send_to(cx, &datagram, self.on_wire(real))) {
+            Ok(_) => Poll::Ready(Ok(payload.len())),
+            Err(e) if is_transient(&e) => Poll::Ready(Ok(payload.len())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
     /// `addr` in the socket's own address family.
     fn on_wire(&self, addr: SocketAddr) -> SocketAddr {
         match (addr, self.local) {
@@ -316,9 +345,15 @@ impl FogSocket {
     }
 
     /// Hands a tagged datagram to its transport; whether it was one (those are never QUIC's).
-    fn take_transport_datagram(&self, datagram: &[u8], from: SocketAddr) -> bool {
+    /// One that filled the whole read buffer may have been cut: it is dropped, so that the
+    /// transport sees a loss rather than wrong bytes.
+    fn take_transport_datagram(&self, datagram: &[u8], from: SocketAddr, filled: bool) -> bool {
         if datagram.first() != Some(&TRANSPORT_TAG) || datagram.len() < 2 {
             return false;
+        }
+        if filled {
+            tracing::debug!(%from, len = datagram.len(), "tagged datagram possibly cut; dropped");
+            return true;
         }
         if self.transporting.load(std::sync::atomic::Ordering::Acquire) {
             let transports = self.transports.lock().unwrap_or_else(|e| e.into_inner());
@@ -928,7 +963,7 @@ impl AsyncUdpSocket for FogSocket {
                     self.handle_check(&datagram, from);
                     continue;
                 }
-                if self.take_transport_datagram(&datagram, from) {
+                if self.take_transport_datagram(&datagram, from, false) {
                     continue;
                 }
                 let len = datagram.len().min(bufs[0].len());
@@ -977,7 +1012,8 @@ impl AsyncUdpSocket for FogSocket {
             if self.take_relay_datagram(read.filled(), from) || stun {
                 continue;
             }
-            if self.take_transport_datagram(read.filled(), from) {
+            let filled = len == read.capacity();
+            if self.take_transport_datagram(read.filled(), from, filled) {
                 continue;
             }
             meta[0] = RecvMeta {

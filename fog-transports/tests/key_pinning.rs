@@ -5,21 +5,10 @@
 mod common;
 
 use common::*;
-use fog_core::{Attempt, ConnectError, Connection, Identity, Protocol, SessionKeys};
-use fog_transports::ProtocolRouter;
+use fog_core::{ConnectError, Identity, Protocol, SessionKeys};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower::ServiceExt;
 
-const PROTOCOLS: [Protocol; 2] = [Protocol::Quic, Protocol::Kcp];
-
-/// Runs `attempt` through `side`'s transport for its protocol.
-async fn run(side: &Side, attempt: Attempt) -> Result<Connection, fog_core::BoxError> {
-    ProtocolRouter::new()
-        .route(Protocol::Quic, side.quic.clone())
-        .route(Protocol::Kcp, side.kcp.clone())
-        .oneshot(attempt)
-        .await
-}
+const PROTOCOLS: [Protocol; 3] = [Protocol::Quic, Protocol::Kcp, Protocol::Utp];
 
 #[tokio::test]
 async fn a_dialer_refuses_a_server_with_the_wrong_key() {

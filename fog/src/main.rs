@@ -209,8 +209,8 @@ struct NodeArgs {
     /// Long-term TURN password for --turn.
     #[arg(long, value_name = "PASSWORD", requires = "turn")]
     turn_password: Option<String>,
-    /// The transport, quic or kcp: what a dial asks for, or all a server accepts [default: a
-    /// dial asks for QUIC, a server accepts QUIC and KCP].
+    /// The transport, quic, kcp or utp: what a dial asks for, or all a server accepts
+    /// [default: a dial asks for QUIC, a server accepts QUIC, KCP and uTP].
     #[arg(long, value_name = "PROTOCOL")]
     protocol: Option<fog::Protocol>,
 }

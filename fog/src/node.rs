@@ -14,7 +14,7 @@ use fog_core::{
 };
 use fog_layers::nat_probe::{NatReport, ProbeConfig};
 use fog_layers::{NatCache, PunchConfig};
-use fog_transports::{FogSocket, KcpTransport, QuicTransport};
+use fog_transports::{FogSocket, KcpTransport, QuicTransport, UtpTransport};
 use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, Mutex};
 use tower::ServiceExt;
@@ -77,7 +77,7 @@ impl Default for NodeBuilder {
             identity: None,
             key_file: None,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-            protocols: vec![Protocol::Quic, Protocol::Kcp],
+            protocols: vec![Protocol::Quic, Protocol::Kcp, Protocol::Utp],
             punch: PunchConfig::default(),
             connect_timeout: Duration::from_secs(20),
             stack: Arc::new(default_stack),
@@ -121,7 +121,7 @@ impl NodeBuilder {
         self
     }
 
-    /// Protocols this node asks for and accepts, preferred first (default QUIC, then KCP). A
+    /// Protocols this node asks for and accepts, preferred first (default QUIC, KCP, uTP). A
     /// dial uses the first of its list that the peer accepts.
     pub fn protocols(mut self, protocols: impl IntoIterator<Item = Protocol>) -> Self {
         self.protocols = protocols.into_iter().collect();
@@ -205,6 +205,8 @@ impl NodeBuilder {
         let transport =
             QuicTransport::new(socket.clone(), identity.clone()).map_err(NodeError::Transport)?;
         let kcp = KcpTransport::new(socket.clone(), identity.clone());
+        let utp =
+            UtpTransport::new(socket.clone(), identity.clone()).map_err(NodeError::Transport)?;
         let (signal_client, offers) =
             SignalClient::connect(&signal, &identity, self.name.clone(), events.clone()).await?;
         let stun = match self.stun.clone() {
@@ -221,6 +223,7 @@ impl NodeBuilder {
             signaller: Arc::new(signal_client.clone()),
             transport: transport.clone(),
             kcp,
+            utp,
             punch: self.punch,
             nat,
             relays: signal_client.registration().relays.clone(),

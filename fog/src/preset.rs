@@ -8,7 +8,7 @@ use fog_layers::{
     GatherLayer, NatCache, NatProbeLayer, PortPredictLayer, ProtocolSelectLayer, PunchConfig,
     PunchLayer, RelayFallbackLayer, SignalLayer, StrategyLayer,
 };
-use fog_transports::{FogSocket, KcpTransport, ProtocolRouter, QuicTransport};
+use fog_transports::{FogSocket, KcpTransport, ProtocolRouter, QuicTransport, UtpTransport};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
@@ -26,6 +26,8 @@ pub struct StackParts {
     pub transport: QuicTransport,
     /// The KCP transport service (KCP, TLS and yamux on the same socket).
     pub kcp: KcpTransport,
+    /// The uTP transport service (uTP, TLS and yamux on the same socket).
+    pub utp: UtpTransport,
     /// Pace of connectivity checks.
     pub punch: PunchConfig,
     /// The node's NAT verdict, when the signal server announced STUN servers.
@@ -45,11 +47,12 @@ impl StackParts {
             .unwrap_or_default()
     }
 
-    /// Every transport of the node, by protocol: QUIC, then KCP.
+    /// Every transport of the node, by protocol: QUIC, KCP, uTP.
     pub fn transports(&self) -> ProtocolRouter {
         ProtocolRouter::new()
             .route(Protocol::Quic, self.transport.clone())
             .route(Protocol::Kcp, self.kcp.clone())
+            .route(Protocol::Utp, self.utp.clone())
     }
 
     /// The socket as a prober, for [`PunchLayer`].
@@ -60,7 +63,7 @@ impl StackParts {
 
 /// The default preset: NAT probe (when STUN servers are known) → gather (host and
 /// server-reflexive) → port prediction → relay (when relays are known) → signal → strategy →
-/// punch → protocol select → the negotiated protocol's transport (QUIC or KCP).
+/// punch → protocol select → the negotiated protocol's transport (QUIC, KCP or uTP).
 pub fn default_stack(parts: &StackParts) -> Stack {
     let transports = parts.transports();
     let stack = ServiceBuilder::new()

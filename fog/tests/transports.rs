@@ -153,3 +153,8 @@ fn quic_carries_echo_and_20_mb_directly_over_the_relay_and_with_loss() {
 fn kcp_carries_echo_and_20_mb_directly_over_the_relay_and_with_loss() {
     all_paths("kcp");
 }
+
+#[test]
+fn utp_carries_echo_and_20_mb_directly_over_the_relay_and_with_loss() {
+    all_paths("utp");
+}

@@ -10,7 +10,7 @@ use fog_core::{
     Attempt, Candidate, ConnectError, EventBus, Identity, PathKind, PeerId, Protocol, RemoteInfo,
     SelectedPath, SessionKeys,
 };
-use fog_transports::{FogSocket, KcpTransport, QuicTransport};
+use fog_transports::{FogSocket, KcpTransport, QuicTransport, UtpTransport};
 
 /// One end: a key, a socket, and the transports on it (the QUIC endpoint also reads the
 /// socket for the others).
@@ -19,6 +19,7 @@ pub struct Side {
     pub socket: Arc<FogSocket>,
     pub quic: QuicTransport,
     pub kcp: KcpTransport,
+    pub utp: UtpTransport,
 }
 
 pub async fn side() -> Side {
@@ -28,11 +29,13 @@ pub async fn side() -> Side {
         .unwrap();
     let quic = QuicTransport::new(socket.clone(), identity.clone()).unwrap();
     let kcp = KcpTransport::new(socket.clone(), identity.clone());
+    let utp = UtpTransport::new(socket.clone(), identity.clone()).unwrap();
     Side {
         identity,
         socket,
         quic,
         kcp,
+        utp,
     }
 }
 
@@ -81,6 +84,20 @@ pub fn respond_over(
     attempt.protocol = Some(protocol);
     attempt.path = path(me.socket.local_addr(), dialer.socket.local_addr());
     attempt
+}
+
+/// Runs `attempt` through `side`'s transport for its protocol.
+pub async fn run(
+    side: &Side,
+    attempt: Attempt,
+) -> Result<fog_core::Connection, fog_core::BoxError> {
+    use tower::ServiceExt;
+    fog_transports::ProtocolRouter::new()
+        .route(Protocol::Quic, side.quic.clone())
+        .route(Protocol::Kcp, side.kcp.clone())
+        .route(Protocol::Utp, side.utp.clone())
+        .oneshot(attempt)
+        .await
 }
 
 pub fn cause(e: &fog_core::BoxError) -> ConnectError {

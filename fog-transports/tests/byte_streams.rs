@@ -1,22 +1,14 @@
-//! The KCP transport (KCP on the shared socket, TLS, yamux) between real sockets on loopback:
-//! streams, a transfer that arrives intact, and key pinning both ways.
+//! The transports built on a reliable byte stream (KCP and uTP on the shared socket, each with
+//! TLS and yamux) between real sockets on loopback: several streams at once, a transfer that
+//! arrives intact, the counters, and no datagrams.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use fog_core::{Attempt, PeerId, Protocol, SessionKeys};
+use fog_core::{Protocol, SessionKeys};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tower::ServiceExt;
-
-fn dial(me: &Side, expected: PeerId, to: &Side, session: SessionKeys) -> Attempt {
-    dial_over(Protocol::Kcp, me, expected, to, session)
-}
-
-fn respond(me: &Side, from: PeerId, dialer: &Side, session: SessionKeys) -> Attempt {
-    respond_over(Protocol::Kcp, me, from, dialer, session)
-}
 
 /// Pseudo-random bytes.
 fn data(len: usize) -> Vec<u8> {
@@ -32,27 +24,27 @@ fn data(len: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn the_right_keys_connect_and_carry_streams_and_a_transfer_intact() {
+async fn kcp_carries_streams_and_a_transfer_intact() {
+    streams_and_a_transfer(Protocol::Kcp).await;
+}
+
+#[tokio::test]
+async fn utp_carries_streams_and_a_transfer_intact() {
+    streams_and_a_transfer(Protocol::Utp).await;
+}
+
+async fn streams_and_a_transfer(protocol: Protocol) {
     let (a, b) = (side().await, side().await);
     let session = SessionKeys::generate();
-    let answering = tokio::spawn(b.kcp.clone().oneshot(respond(
-        &b,
-        a.identity.peer_id(),
-        &a,
-        session,
-    )));
-    let dialled = bounded(
-        a.kcp
-            .clone()
-            .oneshot(dial(&a, b.identity.peer_id(), &b, session)),
-    )
-    .await
-    .expect("dial succeeds");
-    let answered = bounded(answering).await.unwrap().expect("answer succeeds");
-    assert_eq!(dialled.peer_id(), b.identity.peer_id());
+    let answer = respond_over(protocol, &b, a.identity.peer_id(), &a, session);
+    let dial = dial_over(protocol, &a, b.identity.peer_id(), &b, session);
+    let b_addr = b.socket.local_addr();
+    let answering = tokio::spawn(async move { run(&b, answer).await.map(|conn| (conn, b)) });
+    let dialled = bounded(run(&a, dial)).await.expect("dial succeeds");
+    let (answered, _b) = bounded(answering).await.unwrap().expect("answer succeeds");
     assert_eq!(answered.peer_id(), a.identity.peer_id());
-    assert_eq!(dialled.protocol(), Protocol::Kcp);
-    assert_eq!(dialled.remote_addr(), b.socket.local_addr());
+    assert_eq!(dialled.protocol(), protocol);
+    assert_eq!(dialled.remote_addr(), b_addr);
 
     // The answering side echoes every stream.
     tokio::spawn(async move {
@@ -88,7 +80,7 @@ async fn the_right_keys_connect_and_carry_streams_and_a_transfer_intact() {
         assert!(got == sent, "the echo differs");
     }
     assert!(dialled.stats().bytes_sent >= big.len() as u64);
-    // KCP has no datagrams: a clear error, not a silent drop.
+    // No datagrams on a byte stream: a clear error, not a silent drop.
     assert_eq!(dialled.max_datagram_size(), None);
     let err = dialled.send_datagram(b"x").unwrap_err();
     assert!(

@@ -1,0 +1,358 @@
+//! uTP (BEP 29, the `librqbit-utp` crate) as a fog transport: the crate's uTP socket runs on
+//! the node's socket through [`TaggedTransport`] (datagrams tagged `0x3a 0x02`), so uTP rides
+//! the same routes and relay paths as QUIC; TLS with both keys pinned and yamux streams run over
+//! each uTP stream ([`mux::secure`](crate::mux::secure)).
+//!
+//! `librqbit-utp` is the maintained uTP crate (the BitTorrent client rqbit uses it), and it
+//! takes a custom transport, which a shared socket needs.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use fog_core::{
+    Attempt, BoxError, ConnectError, Connection, ConnectionInfo, Event, Identity, Protocol, Role,
+};
+use futures_util::future::BoxFuture;
+use librqbit_utp::{SocketOpts, UtpSocket, UtpSocketUdp, UtpStream};
+use tokio::sync::oneshot;
+use tower_service::Service;
+
+use crate::mux::{secure, Carried, Handshake, PathInfo, Side};
+use crate::socket::{FogSocket, TransportDatagrams};
+
+/// The protocol byte of uTP datagrams on the socket.
+pub const UTP_PROTOCOL: u8 = 2;
+/// How long connecting and the TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams kept for attempts that have not reached the transport yet, and for how long.
+const MAX_EARLY_STREAMS: usize = 64;
+const EARLY_TTL: Duration = Duration::from_secs(10);
+
+/// The node's socket as the crate's transport: receives the datagrams tagged for uTP (with the
+/// peer's stand-in as their source) and sends tagged ones along the peer's route.
+pub struct TaggedTransport {
+    socket: Arc<FogSocket>,
+    datagrams: tokio::sync::Mutex<TransportDatagrams>,
+}
+
+impl librqbit_utp::Transport for TaggedTransport {
+    async fn recv_from<'a>(&'a self, buf: &'a mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        let mut datagrams = self.datagrams.lock().await;
+        match datagrams.recv().await {
+            Some((from, datagram)) => {
+                let n = datagram.len().min(buf.len());
+                buf[..n].copy_from_slice(&datagram[..n]);
+                Ok((n, from))
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the node's socket is gone",
+            )),
+        }
+    }
+
+    fn send_to<'a>(
+        &'a self,
+        buf: &'a [u8],
+        target: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send + Sync + 'a {
+        std::future::poll_fn(move |cx| {
+            self.socket
+                .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, buf)
+        })
+    }
+
+    fn poll_send_to(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        self.socket
+            .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, buf)
+    }
+
+    fn bind_addr(&self) -> SocketAddr {
+        self.socket.local_addr()
+    }
+}
+
+impl librqbit_dualstack_sockets::PollSendToVectored for TaggedTransport {
+    fn poll_send_to_vectored(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+        target: SocketAddr,
+    ) -> Poll<io::Result<usize>> {
+        let datagram: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        self.socket
+            .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, &datagram)
+    }
+}
+
+/// The environment type the crate's UDP socket uses (the crate does not export its name).
+trait EnvOf {
+    type Env;
+}
+
+impl<T, E> EnvOf for UtpSocket<T, E> {
+    type Env = E;
+}
+
+type DefaultEnv = <UtpSocketUdp as EnvOf>::Env;
+type FogUtpSocket = UtpSocket<TaggedTransport, DefaultEnv>;
+
+/// Streams the peers opened, by the address they came from, until their attempt takes them.
+#[derive(Default)]
+struct Arrivals {
+    waiting: HashMap<SocketAddr, oneshot::Sender<UtpStream>>,
+    arrived: HashMap<SocketAddr, (Instant, UtpStream)>,
+}
+
+impl Arrivals {
+    fn deliver(&mut self, from: SocketAddr, stream: UtpStream) {
+        let now = Instant::now();
+        self.arrived
+            .retain(|_, (at, _)| now.duration_since(*at) < EARLY_TTL);
+        match self.waiting.remove(&from) {
+            Some(tx) => {
+                let _ = tx.send(stream);
+            }
+            None if self.arrived.len() < MAX_EARLY_STREAMS => {
+                self.arrived.insert(from, (now, stream));
+            }
+            None => {}
+        }
+    }
+}
+
+/// The uTP transport service: turns an [`Attempt`] with a selected path into a [`Connection`].
+#[derive(Clone)]
+pub struct UtpTransport {
+    socket: Arc<FogSocket>,
+    identity: Identity,
+    utp: Arc<FogUtpSocket>,
+    arrivals: Arc<Mutex<Arrivals>>,
+}
+
+impl UtpTransport {
+    /// A uTP socket on `socket`, presenting `identity`. Must be called inside a tokio runtime.
+    pub fn new(socket: Arc<FogSocket>, identity: Identity) -> Result<Self, BoxError> {
+        let transport = TaggedTransport {
+            datagrams: tokio::sync::Mutex::new(socket.transport_datagrams(UTP_PROTOCOL)),
+            socket: socket.clone(),
+        };
+        let opts = SocketOpts {
+            // Datagrams on the shared socket must stay within what its reader takes (QUIC's
+            // 1472-byte receive buffers) with fog's two tag bytes, also through a relay: 1280
+            // is the IPv6 minimum and leaves room for both.
+            link_mtu: std::num::NonZeroUsize::new(1280),
+            ..SocketOpts::default()
+        };
+        let utp = FogUtpSocket::new_with_opts(transport, DefaultEnv::default(), opts)?;
+        let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+        let accepting = Arc::downgrade(&utp);
+        let delivered = arrivals.clone();
+        tokio::spawn(async move {
+            loop {
+                let Some(utp) = accepting.upgrade() else {
+                    return;
+                };
+                let Ok(stream) = utp.accept().await else {
+                    return;
+                };
+                drop(utp);
+                let from = stream.remote_addr();
+                delivered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .deliver(from, stream);
+            }
+        });
+        Ok(UtpTransport {
+            socket,
+            identity,
+            utp,
+            arrivals,
+        })
+    }
+
+    /// The stream the peer at `from` opens (or opened a moment ago).
+    async fn accepted(&self, from: SocketAddr) -> Result<UtpStream, ConnectError> {
+        let rx = {
+            let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+            let (tx, rx) = oneshot::channel();
+            match arrivals.arrived.remove(&from) {
+                Some((_, stream)) => {
+                    let _ = tx.send(stream);
+                }
+                None => {
+                    arrivals.waiting.insert(from, tx);
+                }
+            }
+            rx
+        };
+        rx.await.map_err(|_| ConnectError::Shutdown)
+    }
+}
+
+/// The path of a session: whatever the peer's stand-in points at now.
+struct RoutedPath {
+    socket: Arc<FogSocket>,
+    to: SocketAddr,
+}
+
+impl PathInfo for RoutedPath {
+    fn remote_addr(&self) -> SocketAddr {
+        self.socket.peer_behind(self.to).0
+    }
+
+    fn relay_addr(&self) -> Option<SocketAddr> {
+        self.socket.peer_behind(self.to).1
+    }
+}
+
+impl Service<Attempt> for UtpTransport {
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Connection, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let path = attempt.path.ok_or(ConnectError::MissingInput {
+                layer: "UtpTransport",
+                needs: "a selected path (PunchLayer or a relay layer)",
+            })?;
+            let peer = attempt.remote_peer().ok_or(ConnectError::MissingInput {
+                layer: "UtpTransport",
+                needs: "the remote peer id (SignalLayer resolves names)",
+            })?;
+            if attempt.protocol.is_some_and(|p| p != Protocol::Utp) {
+                return Err(ConnectError::NoCommonProtocol {
+                    ours: "utp".into(),
+                    theirs: attempt.protocol.map(|p| p.to_string()).unwrap_or_default(),
+                }
+                .into());
+            }
+            if attempt.path_socket.is_some() {
+                return Err(ConnectError::NoPath(
+                    "uTP runs on the node's socket, and this path was found by birthday \
+                     spraying on another one: use QUIC for this pair"
+                        .into(),
+                )
+                .into());
+            }
+            let to = this.socket.route_of(&peer).unwrap_or(path.remote.addr);
+            let session = attempt.session.id_hex();
+            let keep = Box::new((attempt.relays.clone(), attempt.lifeline.clone()));
+            let work = async {
+                let (stream, side) = match attempt.role {
+                    Role::Dialer => (
+                        this.utp
+                            .connect(to)
+                            .await
+                            .map_err(|e| ConnectError::HandshakeRefused(format!("uTP: {e}")))?,
+                        Side::Client,
+                    ),
+                    Role::Responder => (this.accepted(to).await?, Side::Server),
+                };
+                secure(
+                    stream,
+                    Handshake {
+                        side,
+                        identity: &this.identity,
+                        peer,
+                        session: &session,
+                    },
+                    Carried {
+                        local: path.local,
+                        path: Box::new(RoutedPath {
+                            socket: this.socket.clone(),
+                            to,
+                        }),
+                        keep,
+                    },
+                )
+                .await
+            };
+            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+                .await
+                .map_err(|_| ConnectError::Timeout("the uTP and TLS handshakes".into()))??;
+            let connection = Connection::new(
+                Box::new(conn),
+                ConnectionInfo::from_attempt(&attempt, peer, Protocol::Utp),
+                attempt.events.clone(),
+            );
+            attempt.emit(Event::Connected {
+                peer,
+                remote: connection.remote_addr(),
+                protocol: Protocol::Utp,
+                path: path.kind,
+                elapsed: attempt.elapsed(),
+            });
+            Ok(connection)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Without TLS on top, so that a cut or lost datagram shows as wrong bytes. (uTP has no
+    /// checksum: datagrams longer than the socket's reader takes once arrived cut here.)
+    #[tokio::test]
+    async fn utp_on_the_shared_socket_delivers_bytes_intact() {
+        let mut ends = Vec::new();
+        for _ in 0..2 {
+            let identity = Identity::generate();
+            let socket = FogSocket::bind("127.0.0.1:0".parse().unwrap())
+                .await
+                .unwrap();
+            let quic = crate::QuicTransport::new(socket.clone(), identity.clone()).unwrap();
+            let utp = UtpTransport::new(socket.clone(), identity).unwrap();
+            ends.push((socket, quic, utp));
+        }
+        let (a_addr, b_addr) = (ends[0].0.local_addr(), ends[1].0.local_addr());
+        let b = ends[1].2.clone();
+        let server = tokio::spawn(async move {
+            let mut stream = b.accepted(a_addr).await.unwrap();
+            let mut got = Vec::new();
+            let read = stream.read_to_end(&mut got).await;
+            (read.map(|_| ()), got)
+        });
+        let mut stream = ends[0].2.utp.connect(b_addr).await.unwrap();
+        let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        stream.write_all(&data).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let (read, got) = tokio::time::timeout(Duration::from_secs(30), server)
+            .await
+            .unwrap()
+            .unwrap();
+        read.unwrap();
+        let first_bad = got.iter().zip(&data).position(|(x, y)| x != y);
+        if let Some(at) = first_bad {
+            let shift = (0..20000usize).find(|k| got[at..at + 200] == data[at + k..at + k + 200]);
+            eprintln!(
+                "bad at {at}, got is data shifted by {shift:?}; got len {}",
+                got.len()
+            );
+            let back = (1..20000usize)
+                .find(|k| at >= *k && got[at..at + 200] == data[at - k..at - k + 200]);
+            eprintln!("or repeated from {back:?} back");
+        }
+        assert_eq!(first_bad, None);
+        assert_eq!(got.len(), data.len());
+    }
+}
