@@ -2,7 +2,7 @@
 //! changes in the middle: it starts on the relay while the direct pair is blocked and moves to
 //! the direct pair once it opens; or it starts direct and falls back to the relay when the
 //! direct pair is cut. Either way the stream stays open and the bytes arrive with the same
-//! SHA-256. Over QUIC and over KCP.
+//! SHA-256. Over QUIC, KCP and uTP.
 
 mod lab;
 
@@ -241,4 +241,14 @@ fn a_kcp_transfer_moves_from_the_relay_to_the_direct_pair_intact() {
 #[test]
 fn a_kcp_transfer_falls_back_to_the_relay_intact() {
     downgrade(Protocol::Kcp);
+}
+
+#[test]
+fn a_utp_transfer_moves_from_the_relay_to_the_direct_pair_intact() {
+    upgrade(Protocol::Utp);
+}
+
+#[test]
+fn a_utp_transfer_falls_back_to_the_relay_intact() {
+    downgrade(Protocol::Utp);
 }
