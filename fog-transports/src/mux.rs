@@ -9,15 +9,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fog_core::{
-    ConnectError, ConnectionError, Identity, PeerId, RecvHalf, SendHalf, TransportConnection,
-    TransportCounters,
+    Attempt, ConnectError, Connection, ConnectionError, ConnectionInfo, Event, Identity, PeerId,
+    Protocol, RecvHalf, Role, SelectedPath, SendHalf, TransportConnection, TransportCounters,
 };
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::compat::{FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
 
+use crate::socket::FogSocket;
 use crate::tls;
+
+/// How long a byte-stream transport's own handshake and TLS over it may take.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Bytes in and out of a stream, for [`TransportCounters`].
 #[derive(Default)]
@@ -105,6 +109,120 @@ pub struct Carried {
     pub path: Box<dyn PathInfo>,
     /// What must live as long as the connection (relay allocations, the path watch).
     pub keep: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// The path of a connection on the node's socket: wherever the peer's stand-in points now.
+pub(crate) struct RoutedPath {
+    pub(crate) socket: Arc<FogSocket>,
+    pub(crate) to: SocketAddr,
+}
+
+impl PathInfo for RoutedPath {
+    fn remote_addr(&self) -> SocketAddr {
+        self.socket.peer_behind(self.to).0
+    }
+
+    fn relay_addr(&self) -> Option<SocketAddr> {
+        self.socket.peer_behind(self.to).1
+    }
+}
+
+/// What a byte-stream transport takes from an attempt, checked.
+pub(crate) struct Checked {
+    pub(crate) path: SelectedPath,
+    pub(crate) peer: PeerId,
+    /// Where the peer is reached: its route's stand-in, or the path's address.
+    pub(crate) to: SocketAddr,
+}
+
+/// Checks that `attempt` is one `protocol`'s transport (`layer`) on `socket` can carry.
+pub(crate) fn check_attempt(
+    attempt: &Attempt,
+    protocol: Protocol,
+    layer: &'static str,
+    socket: &FogSocket,
+) -> Result<Checked, ConnectError> {
+    let path = attempt.path.ok_or(ConnectError::MissingInput {
+        layer,
+        needs: "a selected path (PunchLayer or a relay layer)",
+    })?;
+    let peer = attempt.remote_peer().ok_or(ConnectError::MissingInput {
+        layer,
+        needs: "the remote peer id (SignalLayer resolves names)",
+    })?;
+    if attempt.protocol.is_some_and(|p| p != protocol) {
+        return Err(ConnectError::NoCommonProtocol {
+            ours: protocol.to_string(),
+            theirs: attempt.protocol.map(|p| p.to_string()).unwrap_or_default(),
+        });
+    }
+    if attempt.path_socket.is_some() {
+        return Err(ConnectError::NoPath(format!(
+            "{protocol} runs on the node's socket, and this path was found by birthday spraying \
+             on another one: use QUIC for this pair"
+        )));
+    }
+    let to = socket.route_of(&peer).unwrap_or(path.remote.addr);
+    Ok(Checked { path, peer, to })
+}
+
+/// Waits for `io` (the protocol's own handshake), secures it ([`secure`]) within
+/// [`HANDSHAKE_TIMEOUT`], and makes the attempt's connection.
+pub(crate) async fn connect_over<T, F>(
+    attempt: &Attempt,
+    protocol: Protocol,
+    checked: Checked,
+    socket: &Arc<FogSocket>,
+    identity: &Identity,
+    io: F,
+) -> Result<Connection, ConnectError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Future<Output = Result<T, ConnectError>>,
+{
+    let Checked { path, peer, to } = checked;
+    let side = match attempt.role {
+        Role::Dialer => Side::Client,
+        Role::Responder => Side::Server,
+    };
+    let session = attempt.session.id_hex();
+    let work = async {
+        let io = io.await?;
+        secure(
+            io,
+            Handshake {
+                side,
+                identity,
+                peer,
+                session: &session,
+            },
+            Carried {
+                local: path.local,
+                path: Box::new(RoutedPath {
+                    socket: socket.clone(),
+                    to,
+                }),
+                keep: Box::new((attempt.relays.clone(), attempt.lifeline.clone())),
+            },
+        )
+        .await
+    };
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
+        .await
+        .map_err(|_| ConnectError::Timeout(format!("the {protocol} and TLS handshakes")))??;
+    let connection = Connection::new(
+        Box::new(conn),
+        ConnectionInfo::from_attempt(attempt, peer, protocol),
+        attempt.events.clone(),
+    );
+    attempt.emit(Event::Connected {
+        peer,
+        remote: connection.remote_addr(),
+        protocol,
+        path: path.kind,
+        elapsed: attempt.elapsed(),
+    });
+    Ok(connection)
 }
 
 /// TLS over `io`, accepting only the handshake's peer; then yamux.

@@ -14,21 +14,17 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use fog_core::{
-    Attempt, BoxError, ConnectError, Connection, ConnectionInfo, Event, Identity, Protocol, Role,
-};
+use fog_core::{Attempt, BoxError, ConnectError, Connection, Identity, Protocol, Role};
 use futures_util::future::BoxFuture;
 use librqbit_utp::{SocketOpts, UtpSocket, UtpSocketUdp, UtpStream};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use crate::mux::{secure, Carried, Handshake, PathInfo, Side};
+use crate::mux::{check_attempt, connect_over};
 use crate::socket::{FogSocket, TransportDatagrams};
 
 /// The protocol byte of uTP datagrams on the socket.
 pub const UTP_PROTOCOL: u8 = 2;
-/// How long connecting and the TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams kept for attempts that have not reached the transport yet, and for how long.
 const MAX_EARLY_STREAMS: usize = 64;
 const EARLY_TTL: Duration = Duration::from_secs(10);
@@ -201,22 +197,6 @@ impl UtpTransport {
     }
 }
 
-/// The path of a session: whatever the peer's stand-in points at now.
-struct RoutedPath {
-    socket: Arc<FogSocket>,
-    to: SocketAddr,
-}
-
-impl PathInfo for RoutedPath {
-    fn remote_addr(&self) -> SocketAddr {
-        self.socket.peer_behind(self.to).0
-    }
-
-    fn relay_addr(&self) -> Option<SocketAddr> {
-        self.socket.peer_behind(self.to).1
-    }
-}
-
 impl Service<Attempt> for UtpTransport {
     type Response = Connection;
     type Error = BoxError;
@@ -229,78 +209,28 @@ impl Service<Attempt> for UtpTransport {
     fn call(&mut self, attempt: Attempt) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let path = attempt.path.ok_or(ConnectError::MissingInput {
-                layer: "UtpTransport",
-                needs: "a selected path (PunchLayer or a relay layer)",
-            })?;
-            let peer = attempt.remote_peer().ok_or(ConnectError::MissingInput {
-                layer: "UtpTransport",
-                needs: "the remote peer id (SignalLayer resolves names)",
-            })?;
-            if attempt.protocol.is_some_and(|p| p != Protocol::Utp) {
-                return Err(ConnectError::NoCommonProtocol {
-                    ours: "utp".into(),
-                    theirs: attempt.protocol.map(|p| p.to_string()).unwrap_or_default(),
+            let checked = check_attempt(&attempt, Protocol::Utp, "UtpTransport", &this.socket)?;
+            let to = checked.to;
+            let io = async {
+                match attempt.role {
+                    Role::Dialer => this
+                        .utp
+                        .connect(to)
+                        .await
+                        .map_err(|e| ConnectError::HandshakeRefused(format!("uTP: {e}"))),
+                    Role::Responder => this.accepted(to).await,
                 }
-                .into());
-            }
-            if attempt.path_socket.is_some() {
-                return Err(ConnectError::NoPath(
-                    "uTP runs on the node's socket, and this path was found by birthday \
-                     spraying on another one: use QUIC for this pair"
-                        .into(),
-                )
-                .into());
-            }
-            let to = this.socket.route_of(&peer).unwrap_or(path.remote.addr);
-            let session = attempt.session.id_hex();
-            let keep = Box::new((attempt.relays.clone(), attempt.lifeline.clone()));
-            let work = async {
-                let (stream, side) = match attempt.role {
-                    Role::Dialer => (
-                        this.utp
-                            .connect(to)
-                            .await
-                            .map_err(|e| ConnectError::HandshakeRefused(format!("uTP: {e}")))?,
-                        Side::Client,
-                    ),
-                    Role::Responder => (this.accepted(to).await?, Side::Server),
-                };
-                secure(
-                    stream,
-                    Handshake {
-                        side,
-                        identity: &this.identity,
-                        peer,
-                        session: &session,
-                    },
-                    Carried {
-                        local: path.local,
-                        path: Box::new(RoutedPath {
-                            socket: this.socket.clone(),
-                            to,
-                        }),
-                        keep,
-                    },
-                )
-                .await
             };
-            let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
-                .await
-                .map_err(|_| ConnectError::Timeout("the uTP and TLS handshakes".into()))??;
-            let connection = Connection::new(
-                Box::new(conn),
-                ConnectionInfo::from_attempt(&attempt, peer, Protocol::Utp),
-                attempt.events.clone(),
-            );
-            attempt.emit(Event::Connected {
-                peer,
-                remote: connection.remote_addr(),
-                protocol: Protocol::Utp,
-                path: path.kind,
-                elapsed: attempt.elapsed(),
-            });
-            Ok(connection)
+            let conn = connect_over(
+                &attempt,
+                Protocol::Utp,
+                checked,
+                &this.socket,
+                &this.identity,
+                io,
+            )
+            .await?;
+            Ok(conn)
         })
     }
 }
