@@ -127,6 +127,20 @@ impl Arrivals {
     }
 }
 
+/// Stops the uTP socket's tasks when the last clone of the transport goes: they hold the
+/// socket, so they would otherwise keep it (and the node's socket) alive.
+struct Shutdown {
+    cancel: tokio_util::sync::CancellationToken,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Shutdown {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        self.accepting.abort();
+    }
+}
+
 /// The uTP transport service: turns an [`Attempt`] with a selected path into a [`Connection`].
 #[derive(Clone)]
 pub struct UtpTransport {
@@ -134,6 +148,7 @@ pub struct UtpTransport {
     identity: Identity,
     utp: Arc<FogUtpSocket>,
     arrivals: Arc<Mutex<Arrivals>>,
+    _shutdown: Arc<Shutdown>,
 }
 
 impl UtpTransport {
@@ -143,7 +158,9 @@ impl UtpTransport {
             datagrams: tokio::sync::Mutex::new(socket.transport_datagrams(UTP_PROTOCOL)),
             socket: socket.clone(),
         };
+        let cancel = tokio_util::sync::CancellationToken::new();
         let opts = SocketOpts {
+            cancellation_token: cancel.clone(),
             // Datagrams on the shared socket must stay within what its reader takes (QUIC's
             // 1472-byte receive buffers) with fog's two tag bytes, also through a relay: 1280
             // is the IPv6 minimum and leaves room for both.
@@ -152,17 +169,10 @@ impl UtpTransport {
         };
         let utp = FogUtpSocket::new_with_opts(transport, DefaultEnv::default(), opts)?;
         let arrivals = Arc::new(Mutex::new(Arrivals::default()));
-        let accepting = Arc::downgrade(&utp);
+        let accepting = utp.clone();
         let delivered = arrivals.clone();
-        tokio::spawn(async move {
-            loop {
-                let Some(utp) = accepting.upgrade() else {
-                    return;
-                };
-                let Ok(stream) = utp.accept().await else {
-                    return;
-                };
-                drop(utp);
+        let accepting = tokio::spawn(async move {
+            while let Ok(stream) = accepting.accept().await {
                 let from = stream.remote_addr();
                 delivered
                     .lock()
@@ -175,6 +185,7 @@ impl UtpTransport {
             identity,
             utp,
             arrivals,
+            _shutdown: Arc::new(Shutdown { cancel, accepting }),
         })
     }
 
@@ -239,6 +250,23 @@ impl Service<Attempt> for UtpTransport {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn dropping_the_transport_releases_the_socket() {
+        let socket = FogSocket::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let transport = UtpTransport::new(socket.clone(), Identity::generate()).unwrap();
+        assert!(Arc::strong_count(&socket) > 1);
+        drop(transport);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while Arc::strong_count(&socket) > 1 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the uTP tasks let go of the socket");
+    }
 
     /// Without TLS on top, so that a cut or lost datagram shows as wrong bytes. (uTP has no
     /// checksum: datagrams longer than the socket's reader takes once arrived cut here.)
