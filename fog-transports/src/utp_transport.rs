@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use fog_core::{Attempt, BoxError, ConnectError, Connection, Identity, Protocol, Role};
 use futures_util::future::BoxFuture;
 use librqbit_utp::{SocketOpts, UtpSocket, UtpSocketUdp, UtpStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
@@ -103,15 +104,19 @@ impl<T, E> EnvOf for UtpSocket<T, E> {
 type DefaultEnv = <UtpSocketUdp as EnvOf>::Env;
 type FogUtpSocket = UtpSocket<TaggedTransport, DefaultEnv>;
 
-/// Streams the peers opened, by the address they came from, until their attempt takes them.
+/// Streams the peers opened, by the session they named, until their attempt takes them. (The
+/// address a stream came from is no key: the peer's route may change under it.)
 #[derive(Default)]
 struct Arrivals {
-    waiting: HashMap<SocketAddr, oneshot::Sender<UtpStream>>,
-    arrived: HashMap<SocketAddr, (Instant, UtpStream)>,
+    waiting: HashMap<[u8; 16], oneshot::Sender<UtpStream>>,
+    arrived: HashMap<[u8; 16], (Instant, UtpStream)>,
 }
 
+/// How long an accepted stream may take to name its session.
+const NAMING_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Arrivals {
-    fn deliver(&mut self, from: SocketAddr, stream: UtpStream) {
+    fn deliver(&mut self, from: [u8; 16], stream: UtpStream) {
         let now = Instant::now();
         self.arrived
             .retain(|_, (at, _)| now.duration_since(*at) < EARLY_TTL);
@@ -172,12 +177,20 @@ impl UtpTransport {
         let accepting = utp.clone();
         let delivered = arrivals.clone();
         let accepting = tokio::spawn(async move {
-            while let Ok(stream) = accepting.accept().await {
-                let from = stream.remote_addr();
-                delivered
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .deliver(from, stream);
+            while let Ok(mut stream) = accepting.accept().await {
+                let delivered = delivered.clone();
+                // The dialer's first 16 bytes name the session; TLS checks the same name.
+                tokio::spawn(async move {
+                    let mut session = [0u8; 16];
+                    let named =
+                        tokio::time::timeout(NAMING_TIMEOUT, stream.read_exact(&mut session)).await;
+                    if let Ok(Ok(_)) = named {
+                        delivered
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .deliver(session, stream);
+                    }
+                });
             }
         });
         Ok(UtpTransport {
@@ -189,17 +202,17 @@ impl UtpTransport {
         })
     }
 
-    /// The stream the peer at `from` opens (or opened a moment ago).
-    async fn accepted(&self, from: SocketAddr) -> Result<UtpStream, ConnectError> {
+    /// The stream the peer opens for `session` (or opened a moment ago).
+    async fn accepted(&self, session: [u8; 16]) -> Result<UtpStream, ConnectError> {
         let rx = {
             let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
             let (tx, rx) = oneshot::channel();
-            match arrivals.arrived.remove(&from) {
+            match arrivals.arrived.remove(&session) {
                 Some((_, stream)) => {
                     let _ = tx.send(stream);
                 }
                 None => {
-                    arrivals.waiting.insert(from, tx);
+                    arrivals.waiting.insert(session, tx);
                 }
             }
             rx
@@ -222,14 +235,18 @@ impl Service<Attempt> for UtpTransport {
         Box::pin(async move {
             let checked = check_attempt(&attempt, Protocol::Utp, "UtpTransport", &this.socket)?;
             let to = checked.to;
+            let session = attempt.session.id;
             let io = async {
                 match attempt.role {
-                    Role::Dialer => this
-                        .utp
-                        .connect(to)
-                        .await
-                        .map_err(|e| ConnectError::HandshakeRefused(format!("uTP: {e}"))),
-                    Role::Responder => this.accepted(to).await,
+                    Role::Dialer => {
+                        let refused = |e: &dyn std::fmt::Display| {
+                            ConnectError::HandshakeRefused(format!("uTP: {e}"))
+                        };
+                        let mut stream = this.utp.connect(to).await.map_err(|e| refused(&e))?;
+                        stream.write_all(&session).await.map_err(|e| refused(&e))?;
+                        Ok(stream)
+                    }
+                    Role::Responder => this.accepted(session).await,
                 }
             };
             let conn = connect_over(
@@ -282,15 +299,17 @@ mod tests {
             let utp = UtpTransport::new(socket.clone(), identity).unwrap();
             ends.push((socket, quic, utp));
         }
-        let (a_addr, b_addr) = (ends[0].0.local_addr(), ends[1].0.local_addr());
+        let b_addr = ends[1].0.local_addr();
         let b = ends[1].2.clone();
+        let session = [7u8; 16];
         let server = tokio::spawn(async move {
-            let mut stream = b.accepted(a_addr).await.unwrap();
+            let mut stream = b.accepted(session).await.unwrap();
             let mut got = Vec::new();
             let read = stream.read_to_end(&mut got).await;
             (read.map(|_| ()), got)
         });
         let mut stream = ends[0].2.utp.connect(b_addr).await.unwrap();
+        stream.write_all(&session).await.unwrap();
         let data: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
         stream.write_all(&data).await.unwrap();
         stream.shutdown().await.unwrap();
