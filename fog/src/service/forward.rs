@@ -4,9 +4,10 @@
 use std::net::SocketAddr;
 
 use fog_core::{BiStream, Connection};
-use tokio::io::AsyncWriteExt;
 
-use super::{describe_target, open_service, write_message, Reply, Request, ServiceError};
+use super::{
+    close_with, describe_target, open_service, write_message, Reply, Request, ServiceError,
+};
 
 /// The TCP services a node lets its peers reach, as given (`HOST:PORT`) and resolved once, when
 /// the node starts. A request names one by the string it was exposed as or by one of its
@@ -92,9 +93,7 @@ pub async fn serve_forward(
         Ok(addrs) => addrs,
         Err(refusal) => {
             tracing::info!(target = %describe_target(to, None), "forward refused");
-            write_message(&mut stream, &refusal).await?;
-            stream.shutdown().await?;
-            return Ok(());
+            return close_with(&mut stream, &refusal).await;
         }
     };
     let tcp = match tokio::net::TcpStream::connect(addrs).await {
@@ -104,9 +103,7 @@ pub async fn serve_forward(
                 "unreachable",
                 format!("{}: {e}", describe_target(to, addrs.first().copied())),
             );
-            write_message(&mut stream, &reply).await?;
-            stream.shutdown().await?;
-            return Ok(());
+            return close_with(&mut stream, &reply).await;
         }
     };
     let _ = tcp.set_nodelay(true);

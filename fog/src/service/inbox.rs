@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use fog_core::BiStream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::{write_message, Reply, ServiceError};
+use super::{close_with, write_message, Reply, ServiceError};
 
 /// Where parts of unfinished transfers are kept, inside the inbox.
 const PARTIAL_DIR: &str = ".fog-partial";
@@ -117,7 +117,7 @@ impl Inbox {
     }
 
     /// Takes a file from `stream`: answers with the offset to go on from, reads the rest,
-    /// verifies the whole and saves it under its own name.
+    /// verifies the whole and saves it under its own name; the last reply says how it ended.
     pub async fn receive(
         &self,
         name: &str,
@@ -125,28 +125,39 @@ impl Inbox {
         sha256: &str,
         mut stream: BiStream,
     ) -> Result<(), ServiceError> {
-        let checked = safe_file_name(name)
-            .map_err(|why| ("bad_name", why))
-            .and_then(|_| {
-                is_sha256_hex(sha256).then_some(()).ok_or((
-                    "bad_request",
-                    "sha256 must be 64 lowercase hex digits".into(),
-                ))
-            });
-        if let Err((kind, message)) = checked {
-            write_message(&mut stream, &Reply::error(kind, message)).await?;
-            stream.shutdown().await?;
-            return Ok(());
+        let outcome = self.take(name, size, sha256, &mut stream).await;
+        // Slots of contents nobody is receiving now go, so the table does not grow with every
+        // file ever received.
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, slot| Arc::strong_count(slot) > 1);
+        close_with(&mut stream, &outcome?).await
+    }
+
+    /// The transfer itself; the reply that ends it, or an error when the stream broke.
+    async fn take(
+        &self,
+        name: &str,
+        size: u64,
+        sha256: &str,
+        stream: &mut BiStream,
+    ) -> Result<Reply, ServiceError> {
+        if let Err(why) = safe_file_name(name) {
+            return Ok(Reply::error("bad_name", why));
+        }
+        if !is_sha256_hex(sha256) {
+            return Ok(Reply::error(
+                "bad_request",
+                "sha256 must be 64 lowercase hex digits",
+            ));
         }
         if let Some(free) = free_space(&self.dir) {
             if size > free {
-                let reply = Reply::error(
+                return Ok(Reply::error(
                     "too_large",
                     format!("{size} bytes, and the inbox has {free} bytes free"),
-                );
-                write_message(&mut stream, &reply).await?;
-                stream.shutdown().await?;
-                return Ok(());
+                ));
             }
         }
         let key = format!("{sha256}-{size}");
@@ -168,21 +179,18 @@ impl Inbox {
         let Ok(_writing) =
             tokio::time::timeout(TAKEOVER_WAIT, slot.writer.clone().lock_owned()).await
         else {
-            let reply = Reply::error("busy", "the same file is being received now");
-            write_message(&mut stream, &reply).await?;
-            stream.shutdown().await?;
-            return Ok(());
+            return Ok(Reply::error("busy", "the same file is being received now"));
         };
         let part = match self.partial_dir() {
             Ok(dir) => dir.join(&key),
-            Err(e) => return refuse_io(stream, e).await,
+            Err(e) => return Ok(io_reply(e)),
         };
         let (mut file, mut digest, offset) = match open_part(&part, size).await {
             Ok(opened) => opened,
-            Err(e) => return refuse_io(stream, e).await,
+            Err(e) => return Ok(io_reply(e)),
         };
         write_message(
-            &mut stream,
+            stream,
             &Reply::Ok {
                 offset: Some(offset),
             },
@@ -191,9 +199,8 @@ impl Inbox {
         tracing::info!(name, size, offset, "receiving a file");
 
         let mut received = offset;
-        let mut too_long = false;
         let mut buf = vec![0u8; 256 * 1024];
-        let outcome: Result<(), ServiceError> = async {
+        let outcome: Result<bool, ServiceError> = async {
             loop {
                 let n = tokio::select! {
                     n = stream.read(&mut buf) => n?,
@@ -202,13 +209,10 @@ impl Inbox {
                     }
                 };
                 if n == 0 {
-                    return Ok(());
+                    return Ok(true);
                 }
                 if received + n as u64 > size {
-                    too_long = true;
-                    return Err(ServiceError::Protocol(format!(
-                        "more than the announced {size} bytes"
-                    )));
+                    return Ok(false);
                 }
                 file.write_all(&buf[..n]).await?;
                 digest.update(&buf[..n]);
@@ -220,46 +224,37 @@ impl Inbox {
         file.flush().await?;
         file.sync_data().await?;
         drop(file);
-        if let Err(e) = outcome {
-            if too_long {
-                let _ = std::fs::remove_file(&part);
-                let _ = write_message(&mut stream, &Reply::error("too_long", e.to_string())).await;
-            }
-            return Err(e);
+        if !outcome? {
+            let _ = std::fs::remove_file(&part);
+            return Ok(Reply::error(
+                "too_long",
+                format!("more than the announced {size} bytes"),
+            ));
         }
         if received < size {
-            let reply = Reply::error(
+            return Ok(Reply::error(
                 "incomplete",
                 format!("{received} of {size} bytes arrived; send again to go on"),
-            );
-            write_message(&mut stream, &reply).await?;
-            stream.shutdown().await?;
-            return Ok(());
+            ));
         }
         let got = data_encoding::HEXLOWER.encode(digest.finish().as_ref());
         if got != sha256 {
             let _ = std::fs::remove_file(&part);
-            let reply = Reply::error(
+            return Ok(Reply::error(
                 "hash_mismatch",
                 format!("the file's SHA-256 is {got}, not {sha256}"),
-            );
-            write_message(&mut stream, &reply).await?;
-            stream.shutdown().await?;
-            return Ok(());
+            ));
         }
         let saved = match self.publish(&part, name) {
             Ok(saved) => saved,
-            Err(e) => return refuse_io(stream, e).await,
+            Err(e) => return Ok(io_reply(e)),
         };
         tracing::info!(name, saved, size, "file received");
-        let reply = Reply::Saved {
+        Ok(Reply::Saved {
             path: saved,
             bytes: size,
             sha256: got,
-        };
-        write_message(&mut stream, &reply).await?;
-        stream.shutdown().await?;
-        Ok(())
+        })
     }
 
     /// Links the verified part under the first free one of `name`, `name (1)`, …, and removes
@@ -332,11 +327,10 @@ fn free_space(dir: &Path) -> Option<u64> {
     Some((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
 }
 
-async fn refuse_io(mut stream: BiStream, e: std::io::Error) -> Result<(), ServiceError> {
+/// The reply for a file-system failure, logged here since the sender sees only its text.
+fn io_reply(e: std::io::Error) -> Reply {
     tracing::warn!(error = %e, "inbox");
-    write_message(&mut stream, &Reply::error("io", e.to_string())).await?;
-    stream.shutdown().await?;
-    Ok(())
+    Reply::error("io", e.to_string())
 }
 
 #[cfg(test)]

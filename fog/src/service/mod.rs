@@ -144,6 +144,13 @@ pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
+/// Sends the reply that ends a service stream, and closes our side of it.
+async fn close_with(stream: &mut BiStream, reply: &Reply) -> Result<(), ServiceError> {
+    write_message(stream, reply).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
 /// Reads one length-prefixed JSON message.
 pub async fn read_message<R: AsyncRead + Unpin, T: for<'de> Deserialize<'de>>(
     r: &mut R,
@@ -274,13 +281,8 @@ impl Services {
             Opening::Request(Request::Send { name, size, sha256 }) => match &self.inbox {
                 Some(inbox) => inbox.receive(&name, size, &sha256, stream).await,
                 None => {
-                    write_message(
-                        &mut stream,
-                        &Reply::error("no_inbox", "this node takes no files (no --inbox)"),
-                    )
-                    .await?;
-                    stream.shutdown().await?;
-                    Ok(())
+                    let reply = Reply::error("no_inbox", "this node takes no files (no --inbox)");
+                    close_with(&mut stream, &reply).await
                 }
             },
         }
