@@ -294,43 +294,71 @@ impl FogSocket {
         protocol: u8,
         payload: &[u8],
     ) -> io::Result<()> {
-        let mut datagram = Vec::with_capacity(payload.len() + 2);
-        datagram.extend_from_slice(&[TRANSPORT_TAG, protocol]);
-        datagram.extend_from_slice(payload);
-        let real = self.real_addr(to);
-        if is_relay_stand_in(real) {
-            return self.transmit(&datagram, real).map(|_| ());
-        }
-        match self.send_now(&datagram, self.on_wire(real)) {
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock && !is_transient(&e) => Err(e),
-            _ => Ok(()),
+        match self.send_tagged(None, to, protocol, &[io::IoSlice::new(payload)]) {
+            Poll::Ready(sent) => sent.map(|_| ()),
+            Poll::Pending => Ok(()),
         }
     }
 
-    /// [`send_transport_datagram`](Self::send_transport_datagram) that waits (returns
-    /// `Pending`) while the socket's send buffer is full, for transports that pace themselves
-    /// by the socket.
+    /// [`send_transport_datagram`](Self::send_transport_datagram) of the concatenated
+    /// `parts`, that waits (returns `Pending`) while the socket's send buffer is full, for
+    /// transports that pace themselves by the socket. The payload's length when sent.
     pub fn poll_send_transport_datagram(
         &self,
         cx: &mut Context<'_>,
         to: SocketAddr,
         protocol: u8,
-        payload: &[u8],
+        parts: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.send_tagged(Some(cx), to, protocol, parts)
+    }
+
+    /// Sends the tag and `parts` as one datagram, gathered by the kernel (no copy) on a direct
+    /// path. With `cx` it waits while the send buffer is full; without, the datagram is dropped.
+    fn send_tagged(
+        &self,
+        cx: Option<&mut Context<'_>>,
+        to: SocketAddr,
+        protocol: u8,
+        parts: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let tag = [TRANSPORT_TAG, protocol];
         let real = self.real_addr(to);
-        if is_relay_stand_in(real) {
-            return Poll::Ready(
-                self.send_transport_datagram(to, protocol, payload)
-                    .map(|_| payload.len()),
-            );
+        if parts.len() > 3 {
+            // Rare: gathered into one part first.
+            let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+            return self.send_tagged(cx, to, protocol, &[io::IoSlice::new(&joined)]);
         }
-        let mut datagram = Vec::with_capacity(payload.len() + 2);
-        datagram.extend_from_slice(&[TRANSPORT_TAG, protocol]);
-        datagram.extend_from_slice(payload);
-        match ready!(self.io.poll_send_to(cx, &datagram, self.on_wire(real))) {
-            Ok(_) => Poll::Ready(Ok(payload.len())),
-            Err(e) if is_transient(&e) => Poll::Ready(Ok(payload.len())),
-            Err(e) => Poll::Ready(Err(e)),
+        if is_relay_stand_in(real) {
+            // The relay wraps an owned datagram anyway.
+            let mut datagram = Vec::with_capacity(len + 2);
+            datagram.extend_from_slice(&tag);
+            for part in parts {
+                datagram.extend_from_slice(part);
+            }
+            return Poll::Ready(self.transmit(&datagram, real).map(|_| len));
+        }
+        let mut slices = [io::IoSlice::new(&tag); 4];
+        slices[1..=parts.len()].copy_from_slice(parts);
+        let slices = &slices[..=parts.len()];
+        let addr = socket2::SockAddr::from(self.on_wire(real));
+        let sock = socket2::SockRef::from(&self.io);
+        let Some(cx) = cx else {
+            return Poll::Ready(match sock.send_to_vectored(slices, &addr) {
+                Err(e) if e.kind() != io::ErrorKind::WouldBlock && !is_transient(&e) => Err(e),
+                _ => Ok(len),
+            });
+        };
+        loop {
+            ready!(self.io.poll_send_ready(cx))?;
+            match self.io.try_io(tokio::io::Interest::WRITABLE, || {
+                sock.send_to_vectored(slices, &addr)
+            }) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if !is_transient(&e) => return Poll::Ready(Err(e)),
+                _ => return Poll::Ready(Ok(len)),
+            }
         }
     }
 

@@ -58,10 +58,7 @@ impl librqbit_utp::Transport for TaggedTransport {
         buf: &'a [u8],
         target: SocketAddr,
     ) -> impl Future<Output = io::Result<usize>> + Send + Sync + 'a {
-        std::future::poll_fn(move |cx| {
-            self.socket
-                .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, buf)
-        })
+        std::future::poll_fn(move |cx| self.poll_send_to(cx, buf, target))
     }
 
     fn poll_send_to(
@@ -71,7 +68,7 @@ impl librqbit_utp::Transport for TaggedTransport {
         target: SocketAddr,
     ) -> Poll<io::Result<usize>> {
         self.socket
-            .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, buf)
+            .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, &[io::IoSlice::new(buf)])
     }
 
     fn bind_addr(&self) -> SocketAddr {
@@ -86,9 +83,8 @@ impl librqbit_dualstack_sockets::PollSendToVectored for TaggedTransport {
         bufs: &[io::IoSlice<'_>],
         target: SocketAddr,
     ) -> Poll<io::Result<usize>> {
-        let datagram: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
         self.socket
-            .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, &datagram)
+            .poll_send_transport_datagram(cx, target, UTP_PROTOCOL, bufs)
     }
 }
 
