@@ -37,3 +37,28 @@ pub use relay::{RelayAllocation, RelayError, RelayServer};
 pub use router::ProtocolRouter;
 pub use socket::{FogSocket, SpraySocket};
 pub use utp_transport::UtpTransport;
+
+/// What every transport needs from an attempt: the path the layers above chose and the
+/// peer's id, for the protocol it carries. The clear error names the missing layer.
+pub(crate) fn path_and_peer(
+    attempt: &fog_core::Attempt,
+    protocol: fog_core::Protocol,
+    layer: &'static str,
+) -> Result<(fog_core::SelectedPath, fog_core::PeerId), fog_core::ConnectError> {
+    use fog_core::ConnectError;
+    let path = attempt.path.ok_or(ConnectError::MissingInput {
+        layer,
+        needs: "a selected path (PunchLayer or a relay layer)",
+    })?;
+    let peer = attempt.remote_peer().ok_or(ConnectError::MissingInput {
+        layer,
+        needs: "the remote peer id (SignalLayer resolves names)",
+    })?;
+    match attempt.protocol {
+        Some(asked) if asked != protocol => Err(ConnectError::NoCommonProtocol {
+            ours: protocol.to_string(),
+            theirs: asked.to_string(),
+        }),
+        _ => Ok((path, peer)),
+    }
+}

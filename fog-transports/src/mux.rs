@@ -142,20 +142,7 @@ pub(crate) fn check_attempt(
     layer: &'static str,
     socket: &FogSocket,
 ) -> Result<Checked, ConnectError> {
-    let path = attempt.path.ok_or(ConnectError::MissingInput {
-        layer,
-        needs: "a selected path (PunchLayer or a relay layer)",
-    })?;
-    let peer = attempt.remote_peer().ok_or(ConnectError::MissingInput {
-        layer,
-        needs: "the remote peer id (SignalLayer resolves names)",
-    })?;
-    if attempt.protocol.is_some_and(|p| p != protocol) {
-        return Err(ConnectError::NoCommonProtocol {
-            ours: protocol.to_string(),
-            theirs: attempt.protocol.map(|p| p.to_string()).unwrap_or_default(),
-        });
-    }
+    let (path, peer) = crate::path_and_peer(attempt, protocol, layer)?;
     if attempt.path_socket.is_some() {
         return Err(ConnectError::NoPath(format!(
             "{protocol} runs on the node's socket, and this path was found by birthday spraying \

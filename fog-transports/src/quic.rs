@@ -282,23 +282,7 @@ impl Service<Attempt> for QuicTransport {
     fn call(&mut self, attempt: Attempt) -> Self::Future {
         let shared = self.shared.clone();
         Box::pin(async move {
-            let path = attempt.path.ok_or(ConnectError::MissingInput {
-                layer: "QuicTransport",
-                needs: "a selected path (PunchLayer or a relay layer)",
-            })?;
-            let peer = attempt.remote_peer().ok_or(ConnectError::MissingInput {
-                layer: "QuicTransport",
-                needs: "the remote peer id (SignalLayer resolves names)",
-            })?;
-            if let Some(protocol) = attempt.protocol {
-                if protocol != Protocol::Quic {
-                    return Err(ConnectError::NoCommonProtocol {
-                        ours: "quic".into(),
-                        theirs: protocol.to_string(),
-                    }
-                    .into());
-                }
-            }
+            let (path, peer) = crate::path_and_peer(&attempt, Protocol::Quic, "QuicTransport")?;
             // A path found on one of the spraying sockets: QUIC runs on that socket.
             let (dedicated, socket) = match &attempt.path_socket {
                 Some(PathSocket(prober)) => {

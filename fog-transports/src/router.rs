@@ -77,20 +77,18 @@ impl Service<Attempt> for ProtocolRouter {
             .iter()
             .find(|(p, _)| Some(*p) == wanted)
             .map(|(_, t)| t.clone());
-        let carried = self.protocols();
-        Box::pin(async move {
-            match transport {
-                Some(transport) => transport.oneshot(attempt).await,
-                None => Err(ConnectError::NoCommonProtocol {
-                    ours: carried
-                        .iter()
-                        .map(|p| p.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    theirs: wanted.map_or("none".into(), |p| p.to_string()),
-                }
-                .into()),
-            }
-        })
+        let Some(transport) = transport else {
+            let refused = ConnectError::NoCommonProtocol {
+                ours: self
+                    .routes
+                    .iter()
+                    .map(|(p, _)| p.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                theirs: wanted.map_or("none".into(), |p| p.to_string()),
+            };
+            return Box::pin(std::future::ready(Err(refused.into())));
+        };
+        Box::pin(transport.oneshot(attempt))
     }
 }
