@@ -111,24 +111,33 @@ async fn sinks(signal: &str, tcp: SocketAddr) -> Result<Node> {
     Ok(node)
 }
 
+/// A node that dials over `protocol` only.
+async fn client(signal: &str, protocol: Protocol) -> Result<Node> {
+    Ok(Node::builder()
+        .signal(signal)
+        .protocols([protocol])
+        .bind()
+        .await?)
+}
+
+/// A new stream on `conn`, as one IO.
+async fn stream(conn: &fog::Connection) -> Result<fog::BiStream> {
+    let (send, recv) = conn.open_bi().await?;
+    Ok(fog::BiStream { send, recv })
+}
+
 /// One row per transport and one for TCP: (name, MiB/s, CPU %).
 async fn rows(signal: &str, tcp: SocketAddr, bytes: usize) -> Result<Vec<(String, f64, f64)>> {
     let mut rows = Vec::new();
     for protocol in PROTOCOLS {
-        let node = Node::builder()
-            .signal(signal)
-            .protocols([protocol])
-            .bind()
-            .await?;
+        let node = client(signal, protocol).await?;
         let conn = node
             .connect("sink")
             .await
             .map_err(|e| anyhow!("{protocol}: {e}"))?;
         // Warm up: the first megabyte opens the windows.
-        let (send, recv) = conn.open_bi().await?;
-        pour(fog::BiStream { send, recv }, 1024 * 1024).await?;
-        let (send, recv) = conn.open_bi().await?;
-        let (rate, cpu) = measure(bytes, pour(fog::BiStream { send, recv }, bytes)).await?;
+        pour(stream(&conn).await?, 1024 * 1024).await?;
+        let (rate, cpu) = measure(bytes, pour(stream(&conn).await?, bytes)).await?;
         rows.push((format!("fog {protocol}"), rate, cpu));
         conn.close("done");
         node.shutdown().await;
@@ -142,19 +151,14 @@ async fn rows(signal: &str, tcp: SocketAddr, bytes: usize) -> Result<Vec<(String
 async fn memory_per_connection(signal: &str, count: usize) -> Result<Vec<(Protocol, f64)>> {
     let mut out = Vec::new();
     for protocol in PROTOCOLS {
-        let node = Node::builder()
-            .signal(signal)
-            .protocols([protocol])
-            .bind()
-            .await?;
+        let node = client(signal, protocol).await?;
         // One connection first, so that what every connection shares is already there.
         let first = node.connect("sink").await.map_err(|e| anyhow!("{e}"))?;
         let before = rss_kib();
         let mut conns = Vec::new();
         for _ in 0..count {
             let conn = node.connect("sink").await.map_err(|e| anyhow!("{e}"))?;
-            let (send, recv) = conn.open_bi().await?;
-            pour(fog::BiStream { send, recv }, 1024).await?;
+            pour(stream(&conn).await?, 1024).await?;
             conns.push(conn);
         }
         let after = rss_kib();

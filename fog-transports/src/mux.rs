@@ -2,6 +2,7 @@
 //! with both node keys pinned, exactly as QUIC's handshake does, then yamux for many streams.
 //! The transports that give one byte stream (KCP, …) become fog connections through it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -360,8 +361,6 @@ async fn drive<T>(
     }
     let _ = closed.send(Some(reason.unwrap_or_default()));
 }
-
-use std::future::Future;
 
 /// A connection made by [`secure`].
 pub struct MuxConnection {
