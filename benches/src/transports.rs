@@ -16,7 +16,7 @@ use fog_natlab::{Host, Lab, Link, NatBehaviour};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const PROTOCOLS: [Protocol; 3] = [Protocol::Quic, Protocol::Kcp, Protocol::Utp];
+const PROTOCOLS: [Protocol; 4] = [Protocol::Quic, Protocol::Kcp, Protocol::Utp, Protocol::Sctp];
 const TCP_SINK_PORT: u16 = 5001;
 
 /// CPU time this process has used so far.

@@ -9,7 +9,6 @@
 //! KCP has neither keep-alive nor close, so two short control datagrams (shorter than any KCP
 //! segment) add them: `conv` alone says "still here", `conv` and `0xff` says "closed".
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 
+use crate::sessions::SessionTable;
 use crate::socket::FogSocket;
 
 /// The protocol byte of KCP datagrams on the socket.
@@ -41,38 +41,8 @@ enum Inbound {
     Closed,
 }
 
-/// Sessions by conversation, and segments that came before their session opened (the peer's
-/// attempt may be a moment ahead): kept briefly and within bounds, so that the first flight
-/// is not lost to a retransmission timeout.
-#[derive(Default)]
-struct Table {
-    sessions: HashMap<u32, mpsc::Sender<Inbound>>,
-    early: HashMap<u32, (Instant, Vec<Vec<u8>>)>,
-}
-
-/// Conversations with early segments kept at once.
-const MAX_EARLY_CONVS: usize = 64;
-/// Early segments kept per conversation.
-const MAX_EARLY_SEGMENTS: usize = 32;
-/// How long early segments wait for their session.
-const EARLY_TTL: Duration = Duration::from_secs(10);
-
-impl Table {
-    fn keep_early(&mut self, conv: u32, segment: Vec<u8>) {
-        let now = Instant::now();
-        self.early
-            .retain(|_, (at, _)| now.duration_since(*at) < EARLY_TTL);
-        if !self.early.contains_key(&conv) && self.early.len() >= MAX_EARLY_CONVS {
-            return;
-        }
-        let (_, segments) = self.early.entry(conv).or_insert_with(|| (now, Vec::new()));
-        if segments.len() < MAX_EARLY_SEGMENTS {
-            segments.push(segment);
-        }
-    }
-}
-
-type Sessions = Arc<Mutex<Table>>;
+/// KCP sessions by conversation id; early segments are kept (see [`SessionTable`]).
+type Sessions = Arc<Mutex<SessionTable<Inbound>>>;
 
 /// The KCP sessions on one socket, by conversation id.
 #[derive(Clone)]
@@ -102,14 +72,11 @@ impl KcpMux {
                     n if n >= kcp::Kcp::<Vec<u8>>::header_len() => Inbound::Segment(datagram),
                     _ => continue,
                 };
-                let mut table = sessions.lock().unwrap_or_else(|e| e.into_inner());
-                match (table.sessions.get(&conv), message) {
-                    (Some(tx), message) => {
-                        let _ = tx.try_send(message);
-                    }
-                    (None, Inbound::Segment(segment)) => table.keep_early(conv, segment),
-                    (None, _) => {}
-                }
+                let keep = matches!(message, Inbound::Segment(_));
+                sessions
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .deliver(conv, message, keep);
             }
         });
         KcpMux { socket, sessions }
@@ -122,15 +89,10 @@ impl KcpMux {
     pub fn open(&self, conv: u32, peer: SocketAddr) -> DuplexStream {
         let (app, ours) = tokio::io::duplex(DUPLEX_BUFFER);
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        {
-            let mut table = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, early)) = table.early.remove(&conv) {
-                for segment in early {
-                    let _ = tx.try_send(Inbound::Segment(segment));
-                }
-            }
-            table.sessions.insert(conv, tx);
-        }
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open(conv, tx);
         let socket = self.socket.clone();
         let sessions = self.sessions.clone();
         tokio::spawn(async move {
@@ -140,8 +102,7 @@ impl KcpMux {
             sessions
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .sessions
-                .remove(&conv);
+                .close(conv);
         });
         app
     }

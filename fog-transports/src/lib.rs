@@ -6,6 +6,8 @@
 //!   authenticated, encrypted QUIC [`Connection`](fog_core::Connection), pinning the peer's key.
 //! - [`KcpTransport`]: the same over KCP on the same socket, with TLS and yamux streams on top
 //!   ([`mux`]).
+//! - [`SctpTransport`] and [`UtpTransport`]: the same over SCTP and uTP.
+//! - [`UdpTransport`]: raw, sealed UDP datagrams beside QUIC streams.
 //! - [`ProtocolRouter`]: one transport per negotiated protocol.
 //!
 //! ```no_run
@@ -27,15 +29,21 @@ pub mod mux;
 pub mod quic;
 pub mod relay;
 pub mod router;
+pub mod sctp_stream;
+pub mod sctp_transport;
+mod sessions;
 pub mod socket;
 pub mod tls;
+pub mod udp;
 pub mod utp_transport;
 
 pub use kcp_transport::KcpTransport;
 pub use quic::QuicTransport;
 pub use relay::{RelayAllocation, RelayError, RelayServer};
 pub use router::ProtocolRouter;
+pub use sctp_transport::SctpTransport;
 pub use socket::{FogSocket, SpraySocket};
+pub use udp::UdpTransport;
 pub use utp_transport::UtpTransport;
 
 /// What every transport needs from an attempt: the path the layers above chose and the

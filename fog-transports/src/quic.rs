@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use fog_core::{
     Attempt, BoxError, ConnectError, Connection, ConnectionError, ConnectionInfo, Event, Identity,
-    NatType, PathSocket, PeerId, Protocol, RecvHalf, Role, SendHalf, Strategy, TransportConnection,
-    TransportCounters,
+    NatType, PathSocket, PeerId, Protocol, RecvHalf, Role, SelectedPath, SendHalf, Strategy,
+    TransportConnection, TransportCounters,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -280,67 +280,115 @@ impl Service<Attempt> for QuicTransport {
     }
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let shared = self.shared.clone();
+        let this = self.clone();
         Box::pin(async move {
-            let (path, peer) = crate::path_and_peer(&attempt, Protocol::Quic, "QuicTransport")?;
-            // A path found on one of the spraying sockets: QUIC runs on that socket.
-            let (dedicated, socket) = match &attempt.path_socket {
-                Some(PathSocket(prober)) => {
-                    let spray =
-                        prober
-                            .clone()
-                            .as_any()
-                            .downcast::<SpraySocket>()
-                            .map_err(|_| ConnectError::MissingInput {
-                                layer: "QuicTransport",
-                                needs: "a path socket made by FogSocket::spray_sockets",
-                            })?;
-                    let socket = spray.adopt();
-                    let endpoint =
-                        endpoint_on(socket.clone(), &shared.identity, &shared.rendezvous)?;
-                    (Some(endpoint), socket)
-                }
-                None => (None, shared.socket.clone()),
-            };
-            let session = attempt.session.id_hex();
-            let conn = if opens_quic(&attempt) {
-                let endpoint = dedicated.clone().unwrap_or_else(|| shared.endpoint.clone());
-                // The peer's route when the punch layer made one: the path under it may change.
-                let remote = socket.route_of(&peer).unwrap_or(path.remote.addr);
-                Self::dial(shared, endpoint, peer, remote, session).await?
-            } else {
-                Self::await_dialer(shared, peer, session).await?
-            };
-            let connection = Connection::new(
-                Box::new(QuicConnection {
-                    conn,
-                    local: path.local,
-                    socket,
-                    dedicated,
-                    _relays: attempt.relays.clone(),
-                    _lifeline: attempt.lifeline.clone(),
-                }),
-                ConnectionInfo::from_attempt(&attempt, peer, Protocol::Quic),
-                attempt.events.clone(),
-            );
-            attempt.emit(Event::Connected {
-                peer,
-                remote: connection.remote_addr(),
-                protocol: Protocol::Quic,
-                path: path.kind,
-                elapsed: attempt.elapsed(),
-            });
-            Ok(connection)
+            let established = this
+                .establish(&attempt, Protocol::Quic, "QuicTransport")
+                .await?;
+            Ok(established.into_connection(&attempt, Protocol::Quic))
+        })
+    }
+}
+
+/// A QUIC connection made for an attempt, before it becomes a fog [`Connection`].
+pub(crate) struct Established {
+    pub(crate) quic: QuicConnection,
+    pub(crate) path: SelectedPath,
+    pub(crate) peer: PeerId,
+    /// Whether this side opened the QUIC connection (the TLS client).
+    pub(crate) client: bool,
+}
+
+impl Established {
+    /// The fog connection over `transport` (this QUIC connection or a wrapper of it), with
+    /// the `Connected` event.
+    pub(crate) fn connection_over(
+        path: SelectedPath,
+        peer: PeerId,
+        transport: Box<dyn TransportConnection>,
+        attempt: &Attempt,
+        protocol: Protocol,
+    ) -> Connection {
+        let connection = Connection::new(
+            transport,
+            ConnectionInfo::from_attempt(attempt, peer, protocol),
+            attempt.events.clone(),
+        );
+        attempt.emit(Event::Connected {
+            peer,
+            remote: connection.remote_addr(),
+            protocol,
+            path: path.kind,
+            elapsed: attempt.elapsed(),
+        });
+        connection
+    }
+
+    fn into_connection(self, attempt: &Attempt, protocol: Protocol) -> Connection {
+        Self::connection_over(self.path, self.peer, Box::new(self.quic), attempt, protocol)
+    }
+}
+
+impl QuicTransport {
+    /// The QUIC connection of `attempt`, negotiated as `protocol` (QUIC, or a protocol that
+    /// runs its streams over QUIC) by the transport named `layer`.
+    pub(crate) async fn establish(
+        &self,
+        attempt: &Attempt,
+        protocol: Protocol,
+        layer: &'static str,
+    ) -> Result<Established, BoxError> {
+        let shared = self.shared.clone();
+        let (path, peer) = crate::path_and_peer(attempt, protocol, layer)?;
+        // A path found on one of the spraying sockets: QUIC runs on that socket.
+        let (dedicated, socket) = match &attempt.path_socket {
+            Some(PathSocket(prober)) => {
+                let spray = prober
+                    .clone()
+                    .as_any()
+                    .downcast::<SpraySocket>()
+                    .map_err(|_| ConnectError::MissingInput {
+                        layer,
+                        needs: "a path socket made by FogSocket::spray_sockets",
+                    })?;
+                let socket = spray.adopt();
+                let endpoint = endpoint_on(socket.clone(), &shared.identity, &shared.rendezvous)?;
+                (Some(endpoint), socket)
+            }
+            None => (None, shared.socket.clone()),
+        };
+        let session = attempt.session.id_hex();
+        let client = opens_quic(attempt);
+        let conn = if client {
+            let endpoint = dedicated.clone().unwrap_or_else(|| shared.endpoint.clone());
+            // The peer's route when the punch layer made one: the path under it may change.
+            let remote = socket.route_of(&peer).unwrap_or(path.remote.addr);
+            Self::dial(shared, endpoint, peer, remote, session).await?
+        } else {
+            Self::await_dialer(shared, peer, session).await?
+        };
+        Ok(Established {
+            quic: QuicConnection {
+                conn,
+                local: path.local,
+                socket,
+                dedicated,
+                _relays: attempt.relays.clone(),
+                _lifeline: attempt.lifeline.clone(),
+            },
+            path,
+            peer,
+            client,
         })
     }
 }
 
 /// A quinn connection as a fog transport connection.
-struct QuicConnection {
-    conn: quinn::Connection,
+pub(crate) struct QuicConnection {
+    pub(crate) conn: quinn::Connection,
     local: SocketAddr,
     /// The socket under the connection, which knows where the peer's route points now.
-    socket: Arc<FogSocket>,
+    pub(crate) socket: Arc<FogSocket>,
     /// The relay allocations the connection may run over: they live as long as it does.
     _relays: fog_core::RelaySlot,
     /// Keeps the watch over the connection's path going.

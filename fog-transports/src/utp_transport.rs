@@ -29,6 +29,10 @@ pub const UTP_PROTOCOL: u8 = 2;
 /// Streams kept for attempts that have not reached the transport yet, and for how long.
 const MAX_EARLY_STREAMS: usize = 64;
 const EARLY_TTL: Duration = Duration::from_secs(10);
+/// How many times a segment is sent before the stream gives up on the path.
+const UTP_MAX_SENDS_OF_A_SEGMENT: usize = 16;
+/// How long a stream with data in flight waits to hear from the peer before it ends.
+const UTP_INACTIVITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The node's socket as the crate's transport: receives the datagrams tagged for uTP (with the
 /// peer's stand-in as their source) and sends tagged ones along the peer's route.
@@ -166,6 +170,11 @@ impl UtpTransport {
             // 1472-byte receive buffers) with fog's two tag bytes, also through a relay: 1280
             // is the IPv6 minimum and leaves room for both.
             link_mtu: std::num::NonZeroUsize::new(1280),
+            // The crate's defaults (5 sends of a segment, 10 s without an answer) end a stream
+            // after a short run of losses; a lossy path must slow a stream down, not end it. The
+            // limits below match QUIC's: about 30 s without hearing from the peer.
+            max_retransmissions: std::num::NonZeroUsize::new(UTP_MAX_SENDS_OF_A_SEGMENT),
+            remote_inactivity_timeout: Some(UTP_INACTIVITY_TIMEOUT),
             ..SocketOpts::default()
         };
         let utp = FogUtpSocket::new_with_opts(transport, DefaultEnv::default(), opts)?;

@@ -33,6 +33,11 @@ async fn utp_carries_streams_and_a_transfer_intact() {
     streams_and_a_transfer(Protocol::Utp).await;
 }
 
+#[tokio::test]
+async fn sctp_carries_streams_and_a_transfer_intact() {
+    streams_and_a_transfer(Protocol::Sctp).await;
+}
+
 async fn streams_and_a_transfer(protocol: Protocol) {
     let (a, b) = (side().await, side().await);
     let session = SessionKeys::generate();

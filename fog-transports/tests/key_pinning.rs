@@ -8,7 +8,13 @@ use common::*;
 use fog_core::{ConnectError, Identity, Protocol, SessionKeys};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const PROTOCOLS: [Protocol; 3] = [Protocol::Quic, Protocol::Kcp, Protocol::Utp];
+const PROTOCOLS: [Protocol; 5] = [
+    Protocol::Quic,
+    Protocol::Kcp,
+    Protocol::Utp,
+    Protocol::Sctp,
+    Protocol::Udp,
+];
 
 #[tokio::test]
 async fn a_dialer_refuses_a_server_with_the_wrong_key() {

@@ -209,8 +209,8 @@ struct NodeArgs {
     /// Long-term TURN password for --turn.
     #[arg(long, value_name = "PASSWORD", requires = "turn")]
     turn_password: Option<String>,
-    /// The transport, quic, kcp or utp: what a dial asks for, or all a server accepts
-    /// [default: a dial asks for QUIC, a server accepts QUIC, KCP and uTP].
+    /// The transport, quic, kcp, utp, sctp or udp: what a dial asks for, or all a server
+    /// accepts [default: a dial asks for QUIC, a server accepts all five].
     #[arg(long, value_name = "PROTOCOL")]
     protocol: Option<fog::Protocol>,
 }
@@ -460,6 +460,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                 let reply = echo_once(&conn, message.as_bytes()).await?;
                 let rtt_ms = started.elapsed().as_secs_f64() * 1e3;
                 let reply = String::from_utf8_lossy(&reply).into_owned();
+                let datagram = datagram_echo(&conn, message.as_bytes()).await;
                 let report = serde_json::json!({
                     "peer": conn.peer_id().to_string(),
                     "name": conn.peer_name(),
@@ -471,6 +472,12 @@ async fn run(command: Command) -> Result<(), BoxError> {
                     "connect_ms": (connect_ms * 10.0).round() / 10.0,
                     "rtt_ms": (rtt_ms * 100.0).round() / 100.0,
                     "reply": reply,
+                    "datagram_reply": datagram
+                        .as_ref()
+                        .map(|(reply, _)| String::from_utf8_lossy(reply).into_owned()),
+                    "datagram_rtt_ms": datagram
+                        .as_ref()
+                        .map(|(_, rtt)| (rtt.as_secs_f64() * 1e5).round() / 100.0),
                     "strategy": conn.info().strategy.map(|s| s.as_str()),
                     "candidate": conn.info().candidate.to_string(),
                     "probes": conn.info().probes,
@@ -680,6 +687,28 @@ async fn echo_streams(conn: Connection) {
             let _ = send.shutdown().await;
         });
     }
+}
+
+/// A datagram round trip to the peer's echo, where the transport has datagrams: the reply
+/// and its round trip, or `None` (no datagrams, or nothing came back within 3 s). Datagrams
+/// may be lost, so it sends again every 200 ms until one comes back.
+async fn datagram_echo(conn: &Connection, message: &[u8]) -> Option<(Vec<u8>, Duration)> {
+    let max = conn.max_datagram_size()?;
+    let message = &message[..message.len().min(max)];
+    let started = Instant::now();
+    let mut resend = tokio::time::interval(Duration::from_millis(200));
+    let wait = async {
+        loop {
+            tokio::select! {
+                _ = resend.tick() => conn.send_datagram(message).ok()?,
+                reply = conn.recv_datagram() => return reply.ok(),
+            }
+        }
+    };
+    let reply = tokio::time::timeout(Duration::from_secs(3), wait)
+        .await
+        .ok()??;
+    Some((reply, started.elapsed()))
 }
 
 async fn echo_once(conn: &Connection, message: &[u8]) -> Result<Vec<u8>, BoxError> {

@@ -14,7 +14,9 @@ use fog_core::{
 };
 use fog_layers::nat_probe::{NatReport, ProbeConfig};
 use fog_layers::{NatCache, PunchConfig};
-use fog_transports::{FogSocket, KcpTransport, QuicTransport, UtpTransport};
+use fog_transports::{
+    FogSocket, KcpTransport, QuicTransport, SctpTransport, UdpTransport, UtpTransport,
+};
 use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, Mutex};
 use tower::ServiceExt;
@@ -77,7 +79,13 @@ impl Default for NodeBuilder {
             identity: None,
             key_file: None,
             bind: SocketAddr::from(([0, 0, 0, 0], 0)),
-            protocols: vec![Protocol::Quic, Protocol::Kcp, Protocol::Utp],
+            protocols: vec![
+                Protocol::Quic,
+                Protocol::Kcp,
+                Protocol::Utp,
+                Protocol::Sctp,
+                Protocol::Udp,
+            ],
             punch: PunchConfig::default(),
             connect_timeout: Duration::from_secs(20),
             stack: Arc::new(default_stack),
@@ -207,6 +215,8 @@ impl NodeBuilder {
         let kcp = KcpTransport::new(socket.clone(), identity.clone());
         let utp =
             UtpTransport::new(socket.clone(), identity.clone()).map_err(NodeError::Transport)?;
+        let sctp = SctpTransport::new(socket.clone(), identity.clone());
+        let udp = UdpTransport::new(socket.clone(), transport.clone());
         let (signal_client, offers) =
             SignalClient::connect(&signal, &identity, self.name.clone(), events.clone()).await?;
         let stun = match self.stun.clone() {
@@ -224,6 +234,8 @@ impl NodeBuilder {
             transport: transport.clone(),
             kcp,
             utp,
+            sctp,
+            udp,
             punch: self.punch,
             nat,
             relays: signal_client.registration().relays.clone(),

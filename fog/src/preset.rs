@@ -8,7 +8,10 @@ use fog_layers::{
     GatherLayer, NatCache, NatProbeLayer, PortPredictLayer, ProtocolSelectLayer, PunchConfig,
     PunchLayer, RelayFallbackLayer, SignalLayer, StrategyLayer,
 };
-use fog_transports::{FogSocket, KcpTransport, ProtocolRouter, QuicTransport, UtpTransport};
+use fog_transports::{
+    FogSocket, KcpTransport, ProtocolRouter, QuicTransport, SctpTransport, UdpTransport,
+    UtpTransport,
+};
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
@@ -28,6 +31,10 @@ pub struct StackParts {
     pub kcp: KcpTransport,
     /// The uTP transport service (uTP, TLS and yamux on the same socket).
     pub utp: UtpTransport,
+    /// The SCTP transport service (SCTP, TLS and yamux on the same socket).
+    pub sctp: SctpTransport,
+    /// The raw UDP transport service (sealed datagrams; streams and keys from QUIC).
+    pub udp: UdpTransport,
     /// Pace of connectivity checks.
     pub punch: PunchConfig,
     /// The node's NAT verdict, when the signal server announced STUN servers.
@@ -47,12 +54,14 @@ impl StackParts {
             .unwrap_or_default()
     }
 
-    /// Every transport of the node, by protocol: QUIC, KCP, uTP.
+    /// Every transport of the node, by protocol: QUIC, KCP, uTP, SCTP, UDP.
     pub fn transports(&self) -> ProtocolRouter {
         ProtocolRouter::new()
             .route(Protocol::Quic, self.transport.clone())
             .route(Protocol::Kcp, self.kcp.clone())
             .route(Protocol::Utp, self.utp.clone())
+            .route(Protocol::Sctp, self.sctp.clone())
+            .route(Protocol::Udp, self.udp.clone())
     }
 
     /// The socket as a prober, for [`PunchLayer`].
@@ -63,7 +72,7 @@ impl StackParts {
 
 /// The default preset: NAT probe (when STUN servers are known) → gather (host and
 /// server-reflexive) → port prediction → relay (when relays are known) → signal → strategy →
-/// punch → protocol select → the negotiated protocol's transport (QUIC, KCP or uTP).
+/// punch → protocol select → the negotiated protocol's transport (QUIC, KCP, uTP, SCTP or UDP).
 pub fn default_stack(parts: &StackParts) -> Stack {
     let transports = parts.transports();
     let stack = ServiceBuilder::new()

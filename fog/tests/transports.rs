@@ -2,7 +2,7 @@
 //! cone NATs echo and move 20 MB (same SHA-256 on both sides) with `fog connect --protocol P`
 //! and `fog send --protocol P` to `fog serve --inbox` (which accepts every protocol): over the
 //! direct path, over the relay (the direct pair dropped by nftables), and with 5 % loss on one
-//! access link.
+//! access link. Over QUIC and raw UDP a datagram makes the round trip as well.
 
 mod lab;
 
@@ -97,6 +97,15 @@ fn run_case(lab: &mut Lab, protocol: &str, case: PathCase, file: &Path, sha256: 
     );
     assert_eq!(echo["reply"], "hello", "{protocol} {case:?}: {echo}");
     assert_eq!(echo["protocol"], protocol, "{case:?}: {echo}");
+    // QUIC and raw UDP carry datagrams too: the serving node echoes them.
+    if protocol == "quic" || protocol == "udp" {
+        assert_eq!(
+            echo["datagram_reply"], "hello",
+            "{protocol} {case:?}: {echo}"
+        );
+    } else {
+        assert!(echo["datagram_reply"].is_null(), "{protocol}: {echo}");
+    }
     // With a relay at hand, the first answer may come through it (a lost direct check, a busy
     // machine); the direct pair takes over once it answers, which the transfer below shows.
     if case == PathCase::Relay {
@@ -157,4 +166,14 @@ fn kcp_carries_echo_and_20_mb_directly_over_the_relay_and_with_loss() {
 #[test]
 fn utp_carries_echo_and_20_mb_directly_over_the_relay_and_with_loss() {
     all_paths("utp");
+}
+
+#[test]
+fn sctp_carries_echo_and_20_mb_directly_over_the_relay_and_with_loss() {
+    all_paths("sctp");
+}
+
+#[test]
+fn udp_carries_echo_and_20_mb_directly_over_the_relay_and_with_loss() {
+    all_paths("udp");
 }

@@ -10,7 +10,9 @@ use fog_core::{
     Attempt, Candidate, ConnectError, EventBus, Identity, PathKind, PeerId, Protocol, RemoteInfo,
     SelectedPath, SessionKeys,
 };
-use fog_transports::{FogSocket, KcpTransport, QuicTransport, UtpTransport};
+use fog_transports::{
+    FogSocket, KcpTransport, QuicTransport, SctpTransport, UdpTransport, UtpTransport,
+};
 
 /// One end: a key, a socket, and the transports on it (the QUIC endpoint also reads the
 /// socket for the others).
@@ -20,6 +22,8 @@ pub struct Side {
     pub quic: QuicTransport,
     pub kcp: KcpTransport,
     pub utp: UtpTransport,
+    pub sctp: SctpTransport,
+    pub udp: UdpTransport,
 }
 
 pub async fn side() -> Side {
@@ -30,12 +34,16 @@ pub async fn side() -> Side {
     let quic = QuicTransport::new(socket.clone(), identity.clone()).unwrap();
     let kcp = KcpTransport::new(socket.clone(), identity.clone());
     let utp = UtpTransport::new(socket.clone(), identity.clone()).unwrap();
+    let sctp = SctpTransport::new(socket.clone(), identity.clone());
+    let udp = UdpTransport::new(socket.clone(), quic.clone());
     Side {
         identity,
         socket,
         quic,
         kcp,
         utp,
+        sctp,
+        udp,
     }
 }
 
@@ -96,6 +104,8 @@ pub async fn run(
         .route(Protocol::Quic, side.quic.clone())
         .route(Protocol::Kcp, side.kcp.clone())
         .route(Protocol::Utp, side.utp.clone())
+        .route(Protocol::Sctp, side.sctp.clone())
+        .route(Protocol::Udp, side.udp.clone())
         .oneshot(attempt)
         .await
 }

@@ -248,13 +248,29 @@ impl Services {
     /// Serves every stream of `conn` until it closes.
     pub async fn serve_connection(self, conn: Connection) {
         let peer = conn.peer_id();
-        while let Ok((send, recv)) = conn.accept_bi().await {
-            let services = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = services.serve_stream(BiStream { send, recv }).await {
-                    tracing::debug!(%peer, error = %e, "stream ended with an error");
+        let streams = async {
+            while let Ok((send, recv)) = conn.accept_bi().await {
+                let services = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = services.serve_stream(BiStream { send, recv }).await {
+                        tracing::debug!(%peer, error = %e, "stream ended with an error");
+                    }
+                });
+            }
+        };
+        // Datagrams, where the transport has them, are echoed as they come (same size, to
+        // the authenticated peer only, so nothing is amplified).
+        let datagrams = async {
+            if conn.max_datagram_size().is_some() {
+                while let Ok(datagram) = conn.recv_datagram().await {
+                    let _ = conn.send_datagram(&datagram);
                 }
-            });
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = streams => {}
+            _ = datagrams => {}
         }
     }
 

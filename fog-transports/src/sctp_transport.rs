@@ -1,0 +1,72 @@
+//! SCTP as a fog transport: an SCTP association on the node's socket ([`SctpMux`]), TLS with
+//! both keys pinned and yamux streams over its stream 0 ([`mux::secure`](crate::mux::secure)).
+//!
+//! SCTP itself neither encrypts nor authenticates (WebRTC puts it under DTLS), so fog runs the
+//! same pinned TLS as over KCP and uTP. The association follows the peer's route like QUIC
+//! does, so it runs over direct and relayed paths and moves with them; SCTP retransmits what a
+//! path change lost.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use fog_core::{Attempt, BoxError, ConnectError, Connection, Identity, Protocol, Role};
+use futures_util::future::BoxFuture;
+use tower_service::Service;
+
+use crate::mux::{check_attempt, connect_over};
+use crate::sctp_stream::{SctpMux, SctpPorts};
+use crate::socket::FogSocket;
+
+/// The SCTP transport service: turns an [`Attempt`] with a selected path into a [`Connection`].
+#[derive(Clone)]
+pub struct SctpTransport {
+    socket: Arc<FogSocket>,
+    identity: Identity,
+    mux: SctpMux,
+}
+
+impl SctpTransport {
+    /// SCTP associations on `socket`, presenting `identity`. Must be called inside a tokio
+    /// runtime.
+    pub fn new(socket: Arc<FogSocket>, identity: Identity) -> Self {
+        SctpTransport {
+            mux: SctpMux::new(socket.clone()),
+            socket,
+            identity,
+        }
+    }
+}
+
+impl Service<Attempt> for SctpTransport {
+    type Response = Connection;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Connection, BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, attempt: Attempt) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let checked = check_attempt(&attempt, Protocol::Sctp, "SctpTransport", &this.socket)?;
+            let ports = SctpPorts::from_session(&attempt.session.id);
+            let dialer = attempt.role == Role::Dialer;
+            let io = this.mux.open(ports, checked.to, dialer);
+            let io = async move {
+                io.await
+                    .map_err(|reason| ConnectError::HandshakeRefused(format!("SCTP: {reason}")))
+            };
+            let conn = connect_over(
+                &attempt,
+                Protocol::Sctp,
+                checked,
+                &this.socket,
+                &this.identity,
+                io,
+            )
+            .await?;
+            Ok(conn)
+        })
+    }
+}
