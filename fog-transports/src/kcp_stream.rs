@@ -11,13 +11,13 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 
-use crate::sessions::SessionTable;
+use crate::sessions::Sessions;
 use crate::socket::FogSocket;
 
 /// The protocol byte of KCP datagrams on the socket.
@@ -41,43 +41,26 @@ enum Inbound {
     Closed,
 }
 
-/// KCP sessions by conversation id; early segments are kept (see [`SessionTable`]).
-type Sessions = Arc<Mutex<SessionTable<Inbound>>>;
-
 /// The KCP sessions on one socket, by conversation id.
 #[derive(Clone)]
 pub struct KcpMux {
     socket: Arc<FogSocket>,
-    sessions: Sessions,
+    sessions: Sessions<Inbound>,
 }
 
 impl KcpMux {
     /// Takes the socket's KCP datagrams. Call once per socket: a second mux replaces the first.
     pub fn new(socket: Arc<FogSocket>) -> Self {
-        let sessions = Sessions::default();
-        let mut datagrams = socket.transport_datagrams(KCP_PROTOCOL);
-        let by_conv = Arc::downgrade(&sessions);
-        tokio::spawn(async move {
-            while let Some((_from, datagram)) = datagrams.recv().await {
-                let Some(sessions) = by_conv.upgrade() else {
-                    return;
-                };
-                let Some(conv) = datagram.get(..4) else {
-                    continue;
-                };
-                let conv = u32::from_le_bytes(conv.try_into().expect("4 bytes"));
-                let message = match datagram.len() {
-                    4 => Inbound::KeepAlive,
-                    5 if datagram[4] == 0xff => Inbound::Closed,
-                    n if n >= kcp::Kcp::<Vec<u8>>::header_len() => Inbound::Segment(datagram),
-                    _ => continue,
-                };
-                let keep = matches!(message, Inbound::Segment(_));
-                sessions
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .deliver(conv, message, keep);
-            }
+        let sessions = Sessions::route(&socket, KCP_PROTOCOL, |datagram| {
+            let conv = u32::from_le_bytes(datagram.get(..4)?.try_into().ok()?);
+            let message = match datagram.len() {
+                4 => Inbound::KeepAlive,
+                5 if datagram[4] == 0xff => Inbound::Closed,
+                n if n >= kcp::Kcp::<Vec<u8>>::header_len() => Inbound::Segment(datagram),
+                _ => return None,
+            };
+            let keep = matches!(message, Inbound::Segment(_));
+            Some((conv, message, keep))
         });
         KcpMux { socket, sessions }
     }
@@ -89,20 +72,14 @@ impl KcpMux {
     pub fn open(&self, conv: u32, peer: SocketAddr) -> DuplexStream {
         let (app, ours) = tokio::io::duplex(DUPLEX_BUFFER);
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .open(conv, tx);
+        self.sessions.lock().open(conv, tx);
         let socket = self.socket.clone();
         let sessions = self.sessions.clone();
         tokio::spawn(async move {
             let reason = drive(socket.clone(), conv, peer, rx, ours).await;
             tracing::debug!(conv, %peer, reason, "KCP session ended");
             let _ = socket.send_transport_datagram(peer, KCP_PROTOCOL, &closing(conv));
-            sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .close(conv);
+            sessions.lock().close(conv);
         });
         app
     }

@@ -70,3 +70,26 @@ pub(crate) fn path_and_peer(
         _ => Ok((path, peer)),
     }
 }
+
+/// The fog connection of `attempt` over `transport`, announced with a `Connected` event.
+pub(crate) fn connected(
+    attempt: &fog_core::Attempt,
+    peer: fog_core::PeerId,
+    path: fog_core::PathKind,
+    transport: Box<dyn fog_core::TransportConnection>,
+    protocol: fog_core::Protocol,
+) -> fog_core::Connection {
+    let connection = fog_core::Connection::new(
+        transport,
+        fog_core::ConnectionInfo::from_attempt(attempt, peer, protocol),
+        attempt.events.clone(),
+    );
+    attempt.emit(fog_core::Event::Connected {
+        peer,
+        remote: connection.remote_addr(),
+        protocol,
+        path,
+        elapsed: attempt.elapsed(),
+    });
+    connection
+}

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use fog_core::{
-    Attempt, ConnectError, Connection, ConnectionError, ConnectionInfo, Event, Identity, PeerId,
-    Protocol, RecvHalf, Role, SelectedPath, SendHalf, TransportConnection, TransportCounters,
+    Attempt, ConnectError, Connection, ConnectionError, Identity, PeerId, Protocol, RecvHalf, Role,
+    SelectedPath, SendHalf, TransportConnection, TransportCounters,
 };
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -198,19 +198,13 @@ where
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, work)
         .await
         .map_err(|_| ConnectError::Timeout(format!("the {protocol} and TLS handshakes")))??;
-    let connection = Connection::new(
-        Box::new(conn),
-        ConnectionInfo::from_attempt(attempt, peer, protocol),
-        attempt.events.clone(),
-    );
-    attempt.emit(Event::Connected {
+    Ok(crate::connected(
+        attempt,
         peer,
-        remote: connection.remote_addr(),
+        path.kind,
+        Box::new(conn),
         protocol,
-        path: path.kind,
-        elapsed: attempt.elapsed(),
-    });
-    Ok(connection)
+    ))
 }
 
 /// TLS over `io`, accepting only the handshake's peer; then yamux.

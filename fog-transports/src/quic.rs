@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use fog_core::{
-    Attempt, BoxError, ConnectError, Connection, ConnectionError, ConnectionInfo, Event, Identity,
-    NatType, PathSocket, PeerId, Protocol, RecvHalf, Role, SelectedPath, SendHalf, Strategy,
-    TransportConnection, TransportCounters,
+    Attempt, BoxError, ConnectError, Connection, ConnectionError, Identity, NatType, PathSocket,
+    PeerId, Protocol, RecvHalf, Role, SelectedPath, SendHalf, Strategy, TransportConnection,
+    TransportCounters,
 };
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -300,32 +300,14 @@ pub(crate) struct Established {
 }
 
 impl Established {
-    /// The fog connection over `transport` (this QUIC connection or a wrapper of it), with
-    /// the `Connected` event.
-    pub(crate) fn connection_over(
-        path: SelectedPath,
-        peer: PeerId,
-        transport: Box<dyn TransportConnection>,
-        attempt: &Attempt,
-        protocol: Protocol,
-    ) -> Connection {
-        let connection = Connection::new(
-            transport,
-            ConnectionInfo::from_attempt(attempt, peer, protocol),
-            attempt.events.clone(),
-        );
-        attempt.emit(Event::Connected {
-            peer,
-            remote: connection.remote_addr(),
-            protocol,
-            path: path.kind,
-            elapsed: attempt.elapsed(),
-        });
-        connection
-    }
-
     fn into_connection(self, attempt: &Attempt, protocol: Protocol) -> Connection {
-        Self::connection_over(self.path, self.peer, Box::new(self.quic), attempt, protocol)
+        crate::connected(
+            attempt,
+            self.peer,
+            self.path.kind,
+            Box::new(self.quic),
+            protocol,
+        )
     }
 }
 

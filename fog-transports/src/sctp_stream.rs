@@ -11,7 +11,7 @@
 //! SCTP packet) says "still here" on a quiet association.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use sctp_proto::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sessions::SessionTable;
+use crate::sessions::Sessions;
 use crate::socket::FogSocket;
 
 /// The protocol byte of SCTP datagrams on the socket.
@@ -88,38 +88,28 @@ enum Inbound {
 #[derive(Clone)]
 pub struct SctpMux {
     socket: Arc<FogSocket>,
-    sessions: Arc<Mutex<SessionTable<Inbound>>>,
+    sessions: Sessions<Inbound>,
 }
 
 impl SctpMux {
     /// Takes the socket's SCTP datagrams. Call once per socket: a second mux replaces the first.
     pub fn new(socket: Arc<FogSocket>) -> Self {
-        let sessions: Arc<Mutex<SessionTable<Inbound>>> = Arc::default();
-        let mut datagrams = socket.transport_datagrams(SCTP_PROTOCOL);
-        let by_key = Arc::downgrade(&sessions);
-        tokio::spawn(async move {
-            while let Some((_from, datagram)) = datagrams.recv().await {
-                let Some(sessions) = by_key.upgrade() else {
-                    return;
-                };
-                if datagram.len() != 4 && datagram.len() < COMMON_HEADER {
-                    continue;
-                }
-                // The sender's port, then ours, as in SCTP's common header.
-                let theirs = u16::from_be_bytes([datagram[0], datagram[1]]);
-                let ours = u16::from_be_bytes([datagram[2], datagram[3]]);
-                let message = if datagram.len() == 4 {
-                    Inbound::KeepAlive
-                } else {
-                    Inbound::Packet(Bytes::from(datagram))
-                };
-                let keep = matches!(message, Inbound::Packet(_));
-                sessions.lock().unwrap_or_else(|e| e.into_inner()).deliver(
-                    key(ours, theirs),
-                    message,
-                    keep,
-                );
+        let sessions = Sessions::route(&socket, SCTP_PROTOCOL, |datagram| {
+            if datagram.len() != 4 && datagram.len() < COMMON_HEADER {
+                return None;
             }
+            // The sender's port, then ours, as in SCTP's common header.
+            let theirs = u16::from_be_bytes([datagram[0], datagram[1]]);
+            let ours = u16::from_be_bytes([datagram[2], datagram[3]]);
+            Some(if datagram.len() == 4 {
+                (key(ours, theirs), Inbound::KeepAlive, false)
+            } else {
+                (
+                    key(ours, theirs),
+                    Inbound::Packet(Bytes::from(datagram)),
+                    true,
+                )
+            })
         });
         SctpMux { socket, sessions }
     }
@@ -140,10 +130,7 @@ impl SctpMux {
         let session = key(ours, theirs);
         let (app, mine) = tokio::io::duplex(DUPLEX_BUFFER);
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .open(session, tx);
+        self.sessions.lock().open(session, tx);
         let (up_tx, up) = oneshot::channel();
         let socket = self.socket.clone();
         let sessions = self.sessions.clone();
@@ -159,10 +146,7 @@ impl SctpMux {
             if let Some(up) = driver.up.take() {
                 let _ = up.send(Err(reason.to_string()));
             }
-            sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .close(session);
+            sessions.lock().close(session);
         });
         match up.await {
             Ok(Ok(())) => Ok(app),

@@ -6,9 +6,12 @@
 //! session opens, so that the first flight is not lost to a retransmission timeout.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
+
+use crate::socket::FogSocket;
 
 /// Keys with early datagrams kept at once.
 const MAX_EARLY_KEYS: usize = 64;
@@ -29,6 +32,52 @@ impl<M> Default for SessionTable<M> {
             open: HashMap::new(),
             early: HashMap::new(),
         }
+    }
+}
+
+/// How a transport reads one of its datagrams: the session key, the message, and whether it
+/// is worth keeping for a session that has not opened yet; `None` drops the datagram.
+pub(crate) type RouteDatagram<M> = fn(Vec<u8>) -> Option<(u32, M, bool)>;
+
+/// A transport's sessions, shared between its datagram reader and its sessions.
+pub(crate) struct Sessions<M>(Arc<Mutex<SessionTable<M>>>);
+
+impl<M> Clone for Sessions<M> {
+    fn clone(&self) -> Self {
+        Sessions(self.0.clone())
+    }
+}
+
+impl<M: Send + 'static> Sessions<M> {
+    /// Takes `protocol`'s datagrams from `socket` and hands each to its session as `route`
+    /// reads it. Stops when the sessions are gone.
+    pub(crate) fn route(
+        socket: &FogSocket,
+        protocol: u8,
+        route: RouteDatagram<M>,
+    ) -> Self {
+        let sessions = Arc::new(Mutex::new(SessionTable::default()));
+        let mut datagrams = socket.transport_datagrams(protocol);
+        let table = Arc::downgrade(&sessions);
+        tokio::spawn(async move {
+            while let Some((_from, datagram)) = datagrams.recv().await {
+                let Some(sessions) = table.upgrade() else {
+                    return;
+                };
+                if let Some((key, message, keep)) = route(datagram) {
+                    sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .deliver(key, message, keep);
+                }
+            }
+        });
+        Sessions(sessions)
+    }
+
+    /// The table, also after a panic elsewhere (it holds no invariant a panic could break).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, SessionTable<M>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

@@ -26,7 +26,7 @@ use tower_service::Service;
 
 use crate::mux::check_attempt;
 use crate::quic::{Established, QuicConnection, QuicTransport};
-use crate::sessions::SessionTable;
+use crate::sessions::Sessions;
 use crate::socket::FogSocket;
 
 /// The protocol byte of raw UDP datagrams on the socket.
@@ -78,39 +78,17 @@ impl ReplayWindow {
     }
 }
 
-/// The raw UDP connections on one socket, by the first four bytes of their tag.
-#[derive(Clone)]
-struct UdpMux {
-    sessions: Arc<Mutex<SessionTable<Vec<u8>>>>,
-}
-
+/// A connection's session key on the socket: the first four bytes of its tag.
 fn tag_key(tag: &[u8]) -> u32 {
     u32::from_be_bytes([tag[0], tag[1], tag[2], tag[3]])
 }
 
-impl UdpMux {
-    fn new(socket: &FogSocket) -> Self {
-        let sessions: Arc<Mutex<SessionTable<Vec<u8>>>> = Arc::default();
-        let mut datagrams = socket.transport_datagrams(UDP_PROTOCOL);
-        let by_tag = Arc::downgrade(&sessions);
-        tokio::spawn(async move {
-            while let Some((_from, datagram)) = datagrams.recv().await {
-                let Some(sessions) = by_tag.upgrade() else {
-                    return;
-                };
-                if datagram.len() < HEADER + SEAL {
-                    continue;
-                }
-                // The peer may send as soon as its side is up, a moment before ours is.
-                sessions.lock().unwrap_or_else(|e| e.into_inner()).deliver(
-                    tag_key(&datagram),
-                    datagram,
-                    true,
-                );
-            }
-        });
-        UdpMux { sessions }
-    }
+/// Takes the socket's raw UDP datagrams for the connections on it.
+fn udp_sessions(socket: &FogSocket) -> Sessions<Vec<u8>> {
+    Sessions::route(socket, UDP_PROTOCOL, |datagram| {
+        // The peer may send as soon as its side is up, a moment before ours is.
+        (datagram.len() >= HEADER + SEAL).then(|| (tag_key(&datagram), datagram, true))
+    })
 }
 
 /// The raw UDP transport service: a QUIC handshake (streams, keys) plus raw datagrams.
@@ -118,7 +96,7 @@ impl UdpMux {
 pub struct UdpTransport {
     quic: QuicTransport,
     socket: Arc<FogSocket>,
-    mux: UdpMux,
+    sessions: Sessions<Vec<u8>>,
 }
 
 impl UdpTransport {
@@ -126,7 +104,7 @@ impl UdpTransport {
     /// same socket). Must be called inside a tokio runtime.
     pub fn new(socket: Arc<FogSocket>, quic: QuicTransport) -> Self {
         UdpTransport {
-            mux: UdpMux::new(&socket),
+            sessions: udp_sessions(&socket),
             socket,
             quic,
         }
@@ -156,12 +134,12 @@ impl Service<Attempt> for UdpTransport {
                 .quic
                 .establish(&attempt, Protocol::Udp, "UdpTransport")
                 .await?;
-            let udp = UdpConnection::new(quic, client, &this.mux)?;
-            Ok(Established::connection_over(
-                path,
-                peer,
-                Box::new(udp),
+            let udp = UdpConnection::new(quic, client, &this.sessions)?;
+            Ok(crate::connected(
                 &attempt,
+                peer,
+                path.kind,
+                Box::new(udp),
                 Protocol::Udp,
             ))
         })
@@ -177,11 +155,15 @@ struct UdpConnection {
     next_counter: AtomicU64,
     window: Mutex<ReplayWindow>,
     inbox: tokio::sync::Mutex<mpsc::Receiver<Vec<u8>>>,
-    mux: UdpMux,
+    sessions: Sessions<Vec<u8>>,
 }
 
 impl UdpConnection {
-    fn new(quic: QuicConnection, client: bool, mux: &UdpMux) -> Result<Self, BoxError> {
+    fn new(
+        quic: QuicConnection,
+        client: bool,
+        sessions: &Sessions<Vec<u8>>,
+    ) -> Result<Self, BoxError> {
         let mut material = [0u8; 72];
         quic.conn
             .export_keying_material(&mut material, EXPORTER_LABEL, b"")
@@ -199,10 +181,7 @@ impl UdpConnection {
         };
         let tag: [u8; 8] = material[64..72].try_into().expect("8 bytes");
         let (tx, rx) = mpsc::channel(INBOUND_QUEUE);
-        mux.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .open(tag_key(&tag), tx);
+        sessions.lock().open(tag_key(&tag), tx);
         Ok(UdpConnection {
             quic,
             tag,
@@ -211,7 +190,7 @@ impl UdpConnection {
             next_counter: AtomicU64::new(0),
             window: Mutex::new(ReplayWindow::default()),
             inbox: tokio::sync::Mutex::new(rx),
-            mux: mux.clone(),
+            sessions: sessions.clone(),
         })
     }
 
@@ -252,11 +231,7 @@ impl UdpConnection {
 
 impl Drop for UdpConnection {
     fn drop(&mut self) {
-        self.mux
-            .sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .close(tag_key(&self.tag));
+        self.sessions.lock().close(tag_key(&self.tag));
     }
 }
 
