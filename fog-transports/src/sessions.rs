@@ -51,11 +51,7 @@ impl<M> Clone for Sessions<M> {
 impl<M: Send + 'static> Sessions<M> {
     /// Takes `protocol`'s datagrams from `socket` and hands each to its session as `route`
     /// reads it. Stops when the sessions are gone.
-    pub(crate) fn route(
-        socket: &FogSocket,
-        protocol: u8,
-        route: RouteDatagram<M>,
-    ) -> Self {
+    pub(crate) fn route(socket: &FogSocket, protocol: u8, route: RouteDatagram<M>) -> Self {
         let sessions = Arc::new(Mutex::new(SessionTable::default()));
         let mut datagrams = socket.transport_datagrams(protocol);
         let table = Arc::downgrade(&sessions);
