@@ -11,6 +11,8 @@ command -v turnserver >/dev/null 2>&1 || need+=(coturn)
 # fog/tests/forward_send.rs: a Python http.server exposed to a peer, fetched with curl.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# fog/tests/browser_rtc.rs: a web page in headless Chromium talks WebRTC to a fog node.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "installing: ${need[*]}"

@@ -1,5 +1,5 @@
 //! `fog-bench-transports`: each transport against plain TCP on the same path. One stream moves
-//! N MiB to a sink that counts it; the table gives MiB/s and the CPU the process used meanwhile
+//! N MiB (or what it can in a minute) to a sink that counts it; the table gives MiB/s and the CPU the process used meanwhile
 //! (both ends run in this process, so 100 % is one core busy). Paths: loopback, and across the
 //! test bed between two hosts behind `open` routers (so that plain TCP reaches too) with 0 % and
 //! 2 % loss on each access link. Then memory per open connection on loopback.
@@ -16,7 +16,13 @@ use fog_natlab::{Host, Lab, Link, NatBehaviour};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const PROTOCOLS: [Protocol; 4] = [Protocol::Quic, Protocol::Kcp, Protocol::Utp, Protocol::Sctp];
+const PROTOCOLS: [Protocol; 5] = [
+    Protocol::Quic,
+    Protocol::Rtc,
+    Protocol::Kcp,
+    Protocol::Utp,
+    Protocol::Sctp,
+];
 const TCP_SINK_PORT: u16 = 5001;
 
 /// CPU time this process has used so far.
@@ -54,34 +60,35 @@ async fn sink<S: AsyncRead + AsyncWrite + Unpin>(mut io: S) -> std::io::Result<(
     io.shutdown().await
 }
 
-/// Writes `bytes` to `io`, closes its sending side and waits for the sink's count.
-async fn pour<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, bytes: usize) -> Result<()> {
+/// Writes `bytes` to `io` (or what it can until `limit` passes), closes its sending side and
+/// waits for the sink's count; the bytes the sink counted.
+async fn pour<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: S,
+    bytes: usize,
+    limit: Duration,
+) -> Result<u64> {
     let chunk = vec![0x5au8; 256 * 1024];
-    let mut left = bytes;
-    while left > 0 {
-        let n = left.min(chunk.len());
+    let started = Instant::now();
+    let mut written = 0;
+    while written < bytes && started.elapsed() < limit {
+        let n = (bytes - written).min(chunk.len());
         io.write_all(&chunk[..n]).await?;
-        left -= n;
+        written += n;
     }
     io.shutdown().await?;
     let mut count = [0u8; 8];
     io.read_exact(&mut count).await?;
-    if u64::from_be_bytes(count) != bytes as u64 {
-        return Err(anyhow!(
-            "the sink counted {} of {bytes} bytes",
-            u64::from_be_bytes(count)
-        ));
+    let count = u64::from_be_bytes(count);
+    if count != written as u64 {
+        return Err(anyhow!("the sink counted {count} of {written} bytes"));
     }
-    Ok(())
+    Ok(count)
 }
 
-/// MiB/s and CPU % of one transfer.
-async fn measure<F: std::future::Future<Output = Result<()>>>(
-    bytes: usize,
-    transfer: F,
-) -> Result<(f64, f64)> {
+/// MiB/s and CPU % of one transfer, which returns the bytes it moved.
+async fn measure<F: std::future::Future<Output = Result<u64>>>(transfer: F) -> Result<(f64, f64)> {
     let (wall, cpu) = (Instant::now(), cpu_time());
-    transfer.await?;
+    let bytes = transfer.await?;
     let (wall, cpu) = (wall.elapsed(), cpu_time() - cpu);
     Ok((
         bytes as f64 / (1024.0 * 1024.0) / wall.as_secs_f64(),
@@ -127,7 +134,13 @@ async fn stream(conn: &fog::Connection) -> Result<fog::BiStream> {
 }
 
 /// One row per transport and one for TCP: (name, MiB/s, CPU %).
-async fn rows(signal: &str, tcp: SocketAddr, bytes: usize) -> Result<Vec<(String, f64, f64)>> {
+/// A row stops writing after `limit` (a slow transport on a lossy path would take minutes).
+async fn rows(
+    signal: &str,
+    tcp: SocketAddr,
+    bytes: usize,
+    limit: Duration,
+) -> Result<Vec<(String, f64, f64)>> {
     let mut rows = Vec::new();
     for protocol in PROTOCOLS {
         let node = client(signal, protocol).await?;
@@ -136,14 +149,14 @@ async fn rows(signal: &str, tcp: SocketAddr, bytes: usize) -> Result<Vec<(String
             .await
             .map_err(|e| anyhow!("{protocol}: {e}"))?;
         // Warm up: the first megabyte opens the windows.
-        pour(stream(&conn).await?, 1024 * 1024).await?;
-        let (rate, cpu) = measure(bytes, pour(stream(&conn).await?, bytes)).await?;
+        pour(stream(&conn).await?, 1024 * 1024, limit).await?;
+        let (rate, cpu) = measure(pour(stream(&conn).await?, bytes, limit)).await?;
         rows.push((format!("fog {protocol}"), rate, cpu));
         conn.close("done");
         node.shutdown().await;
     }
     let tcp_stream = tokio::net::TcpStream::connect(tcp).await?;
-    let (rate, cpu) = measure(bytes, pour(tcp_stream, bytes)).await?;
+    let (rate, cpu) = measure(pour(tcp_stream, bytes, limit)).await?;
     rows.push(("plain TCP".into(), rate, cpu));
     Ok(rows)
 }
@@ -158,7 +171,7 @@ async fn memory_per_connection(signal: &str, count: usize) -> Result<Vec<(Protoc
         let mut conns = Vec::new();
         for _ in 0..count {
             let conn = node.connect("sink").await.map_err(|e| anyhow!("{e}"))?;
-            pour(stream(&conn).await?, 1024).await?;
+            pour(stream(&conn).await?, 1024, Duration::from_secs(10)).await?;
             conns.push(conn);
         }
         let after = rss_kib();
@@ -223,7 +236,7 @@ fn testbed_servers(host: &Host) -> Result<std::sync::mpsc::Sender<()>> {
     Ok(stop_tx)
 }
 
-fn testbed(loss_percent: u8, bytes: usize) -> Result<Vec<(String, f64, f64)>> {
+fn testbed(loss_percent: u8, bytes: usize, limit: Duration) -> Result<Vec<(String, f64, f64)>> {
     let mut lab = Lab::new().map_err(|e| anyhow!("the NAT test bed: {e}"))?;
     let server = lab.server(&[
         Ipv4Addr::new(203, 0, 113, 9),
@@ -260,7 +273,7 @@ fn testbed(loss_percent: u8, bytes: usize) -> Result<Vec<(String, f64, f64)>> {
     ready_rx
         .recv_timeout(Duration::from_secs(15))
         .context("the sink did not start")??;
-    let rows = a.run(move || async move { rows(signal, tcp, bytes).await })??;
+    let rows = a.run(move || async move { rows(signal, tcp, bytes, limit).await })??;
     drop(stop_tx);
     Ok(rows)
 }
@@ -269,13 +282,16 @@ fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let mib = if quick { 4 } else { 64 };
     let bytes = mib * 1024 * 1024;
+    // A row writes for at most this long: on a lossy path a slow transport moves less.
+    let limit = Duration::from_secs(if quick { 10 } else { 60 });
     println!(
-        "fog-bench-transports ({} build): one stream of {mib} MiB per row",
+        "fog-bench-transports ({} build): one stream of {mib} MiB per row, or what it moves in {} s",
         if cfg!(debug_assertions) {
             "debug"
         } else {
             "release"
-        }
+        },
+        limit.as_secs()
     );
     println!();
     let runtime = tokio::runtime::Runtime::new()?;
@@ -290,7 +306,7 @@ fn main() -> Result<()> {
         let tcp = tcp_listener.local_addr()?;
         drop(tcp_listener);
         let sink_node = sinks(&signal, tcp).await?;
-        print_rows("loopback", &rows(&signal, tcp, bytes).await?);
+        print_rows("loopback", &rows(&signal, tcp, bytes, limit).await?);
         let count = if quick { 5 } else { 50 };
         println!("| memory per open connection (both ends, loopback, {count} connections) | KiB |");
         println!("| --- | --- |");
@@ -304,7 +320,7 @@ fn main() -> Result<()> {
     })?;
     drop(runtime);
     for loss in [0, 2] {
-        match testbed(loss, bytes) {
+        match testbed(loss, bytes, limit) {
             Ok(rows) => print_rows(&format!("test bed, {loss} % loss per access link"), &rows),
             Err(e) => println!("test bed, {loss} % loss: not measured ({e})\n"),
         }

@@ -43,6 +43,31 @@ pub struct SessionDescription {
     /// More candidates follow in `candidates` messages, the last one marked `done`.
     #[serde(default)]
     pub trickle: bool,
+    /// A WebRTC offer or answer (the `rtc` protocol brings its own ICE, so it needs no
+    /// candidates of fog's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtc: Option<RtcDescription>,
+}
+
+/// A WebRTC session description, signed with the sender's node key so that its DTLS
+/// fingerprint (and all else in it) is bound to that key: the signal server can pass it on
+/// but not replace it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RtcDescription {
+    /// The SDP, with all ICE candidates gathered.
+    pub sdp: String,
+    /// Hex Ed25519 signature over [`rtc_signed_message`].
+    pub signature: String,
+}
+
+/// The bytes a peer signs for its WebRTC description: a domain tag, the session id (hex) and
+/// the SDP. The session id keeps a description from being replayed into another session.
+pub fn rtc_signed_message(session_hex: &str, sdp: &str) -> Vec<u8> {
+    let mut message = b"fog-rtc-v1:".to_vec();
+    message.extend_from_slice(session_hex.as_bytes());
+    message.push(b':');
+    message.extend_from_slice(sdp.as_bytes());
+    message
 }
 
 /// Error codes the server sends.

@@ -60,6 +60,7 @@ pub fn describe(attempt: &Attempt) -> SessionDescription {
         protocols: attempt.protocols.clone(),
         nat: attempt.local_nat.clone(),
         trickle: !attempt.local_gathering.is_empty(),
+        rtc: None,
     }
 }
 

@@ -68,6 +68,7 @@ impl Signaller for FakeSignaller {
                     protocols: vec![Protocol::Quic],
                     nat: None,
                     trickle: false,
+                    rtc: None,
                 },
             })
         })

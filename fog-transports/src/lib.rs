@@ -7,6 +7,7 @@
 //! - [`KcpTransport`]: the same over KCP on the same socket, with TLS and yamux streams on top
 //!   ([`mux`]).
 //! - [`SctpTransport`] and [`UtpTransport`]: the same over SCTP and uTP.
+//! - [`RtcTransport`]: WebRTC data channels, with their own ICE, for fog nodes and browsers.
 //! - [`UdpTransport`]: raw, sealed UDP datagrams beside QUIC streams.
 //! - [`ProtocolRouter`]: one transport per negotiated protocol.
 //!
@@ -29,6 +30,7 @@ pub mod mux;
 pub mod quic;
 pub mod relay;
 pub mod router;
+pub mod rtc;
 pub mod sctp_stream;
 pub mod sctp_transport;
 mod sessions;
@@ -41,6 +43,7 @@ pub use kcp_transport::KcpTransport;
 pub use quic::QuicTransport;
 pub use relay::{RelayAllocation, RelayError, RelayServer};
 pub use router::ProtocolRouter;
+pub use rtc::RtcTransport;
 pub use sctp_transport::SctpTransport;
 pub use socket::{FogSocket, SpraySocket};
 pub use udp::UdpTransport;

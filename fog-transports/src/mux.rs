@@ -26,15 +26,26 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 
 /// Bytes in and out of a stream, for [`TransportCounters`].
 #[derive(Default)]
-struct Counts {
+pub(crate) struct Counts {
     sent: AtomicU64,
     received: AtomicU64,
 }
 
+impl Counts {
+    /// The counts so far (these transports measure no round trip of their own).
+    pub(crate) fn counters(&self) -> TransportCounters {
+        TransportCounters {
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            bytes_received: self.received.load(Ordering::Relaxed),
+            rtt: None,
+        }
+    }
+}
+
 /// A byte stream that counts what passes.
-struct Counted<T> {
-    io: T,
-    counts: Arc<Counts>,
+pub(crate) struct Counted<T> {
+    pub(crate) io: T,
+    pub(crate) counts: Arc<Counts>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -409,11 +420,7 @@ impl TransportConnection for MuxConnection {
     }
 
     fn counters(&self) -> TransportCounters {
-        TransportCounters {
-            bytes_sent: self.counts.sent.load(Ordering::Relaxed),
-            bytes_received: self.counts.received.load(Ordering::Relaxed),
-            rtt: None,
-        }
+        self.counts.counters()
     }
 
     fn remote_addr(&self) -> SocketAddr {

@@ -209,8 +209,8 @@ struct NodeArgs {
     /// Long-term TURN password for --turn.
     #[arg(long, value_name = "PASSWORD", requires = "turn")]
     turn_password: Option<String>,
-    /// The transport, quic, kcp, utp, sctp or udp: what a dial asks for, or all a server
-    /// accepts [default: a dial asks for QUIC, a server accepts all five].
+    /// The transport, quic, rtc, kcp, utp, sctp or udp: what a dial asks for, or all a server
+    /// accepts [default: a dial asks for QUIC, a server accepts all six].
     #[arg(long, value_name = "PROTOCOL")]
     protocol: Option<fog::Protocol>,
 }
@@ -244,12 +244,18 @@ fn default_key_file() -> PathBuf {
     base.join("fog").join("key")
 }
 
+/// The default log filter: warnings, except from libraries that warn about routine events
+/// (yamux about closed streams; WebRTC's about link-local addresses it cannot bind and
+/// candidates it closes at the end).
+const QUIET_LOG: &str =
+    "warn,yamux=error,webrtc=error,webrtc_ice=error,webrtc_sctp=error,webrtc_data=error,dtls=error";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FOG_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,yamux=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(QUIET_LOG)),
         )
         .with_writer(std::io::stderr)
         .init();

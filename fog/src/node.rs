@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use fog_core::{
     Attempt, BoxError, ConnectError, Connection, Event, EventBus, Identity, PeerId, PeerRef,
-    Protocol, RemoteInfo,
+    Protocol, RemoteInfo, Signaller,
 };
 use fog_layers::nat_probe::{NatReport, ProbeConfig};
 use fog_layers::{NatCache, PunchConfig};
+use fog_transports::rtc::IceServers;
 use fog_transports::{
-    FogSocket, KcpTransport, QuicTransport, SctpTransport, UdpTransport, UtpTransport,
+    FogSocket, KcpTransport, QuicTransport, RtcTransport, SctpTransport, UdpTransport, UtpTransport,
 };
+use futures_util::future::BoxFuture;
 use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, Mutex};
 use tower::ServiceExt;
@@ -85,6 +87,7 @@ impl Default for NodeBuilder {
                 Protocol::Utp,
                 Protocol::Sctp,
                 Protocol::Udp,
+                Protocol::Rtc,
             ],
             punch: PunchConfig::default(),
             connect_timeout: Duration::from_secs(20),
@@ -244,6 +247,7 @@ impl NodeBuilder {
         let stack = (self.stack)(&parts);
         let (incoming_tx, incoming_rx) = mpsc::channel(64);
         let inner = Arc::new(Inner {
+            rtc: RtcTransport::new(identity.clone()),
             identity,
             name: signal_client.registration().name.clone(),
             events,
@@ -267,6 +271,8 @@ impl NodeBuilder {
 
 struct Inner {
     identity: Identity,
+    /// WebRTC, which brings its own ICE and so runs beside the stack.
+    rtc: RtcTransport,
     name: Option<String>,
     events: EventBus,
     signal: SignalClient,
@@ -278,6 +284,24 @@ struct Inner {
     connect_timeout: Duration,
     incoming: Arc<Mutex<mpsc::Receiver<Connection>>>,
     _nat_refresher: Option<AbortOnDrop>,
+}
+
+impl Inner {
+    /// The ICE servers for WebRTC with `peer`: the node's STUN servers, its own TURN servers
+    /// and the relays the signal server grants for this peer.
+    async fn ice_servers(&self, peer: &PeerRef) -> IceServers {
+        let mut turn = self.parts.turn.clone();
+        if !self.parts.relays.is_empty() {
+            match self.signal.relay_credentials(peer.clone()).await {
+                Ok(grants) => turn.extend(grants),
+                Err(e) => tracing::debug!(error = %e, "no relay credentials for WebRTC"),
+            }
+        }
+        IceServers {
+            stun: self.parts.stun(),
+            turn,
+        }
+    }
 }
 
 /// How often the host's addresses are compared, to re-probe the NAT when they change.
@@ -416,12 +440,30 @@ impl Node {
         self.connect_to(peer).await
     }
 
-    /// Connects to `peer` through the node's stack.
+    /// Connects to `peer` through the node's stack, or over WebRTC when that is the node's
+    /// first protocol (WebRTC brings its own ICE, so it needs only the signal server).
     pub async fn connect_to(&self, peer: PeerRef) -> Result<Connection, BoxError> {
-        let attempt = self.attempt(peer.clone());
-        let stack = self.inner.stack.clone();
-        let timeout = self.inner.connect_timeout;
-        let result = match tokio::time::timeout(timeout, stack.oneshot(attempt)).await {
+        let rtc = self.inner.protocols.first() == Some(&Protocol::Rtc);
+        let timeout = if rtc {
+            self.inner.connect_timeout.max(RTC_CONNECT_TIMEOUT)
+        } else {
+            self.inner.connect_timeout
+        };
+        let dial: BoxFuture<'_, Result<Connection, BoxError>> = if rtc {
+            let inner = self.inner.clone();
+            let target = peer.clone();
+            Box::pin(async move {
+                let ice = inner.ice_servers(&target).await;
+                Ok(inner
+                    .rtc
+                    .dial(&inner.signal, target, &ice, inner.events.clone())
+                    .await?)
+            })
+        } else {
+            let attempt = self.attempt(peer.clone());
+            Box::pin(self.inner.stack.clone().oneshot(attempt))
+        };
+        let result = match tokio::time::timeout(timeout, dial).await {
             Ok(result) => result,
             Err(_) => Err(ConnectError::Timeout(format!(
                 "connect to {peer} took over {timeout:?}"
@@ -455,6 +497,11 @@ impl Node {
     }
 }
 
+/// The least time a WebRTC connect gets: its handshakes retransmit slowly (DTLS after 1 s,
+/// doubling; SCTP's INIT after 3 s), and a dial tries again when they stall, so on a lossy
+/// path it needs longer than fog's own.
+const RTC_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Most offers answered at once; more are refused as busy, so a flood of offers cannot make
 /// the node run unbounded attempts.
 const MAX_ANSWERING: usize = 64;
@@ -476,6 +523,52 @@ async fn answer_offers(
             continue;
         };
         inner.events.emit(Event::OfferReceived { peer: offer.from });
+        if let Some(description) = offer.body.rtc.clone() {
+            if !inner.protocols.contains(&Protocol::Rtc) {
+                inner
+                    .signal
+                    .reject(offer.from, &offer.session, "this node does not accept rtc");
+                continue;
+            }
+            let incoming = incoming.clone();
+            let timeout = inner.connect_timeout.max(RTC_CONNECT_TIMEOUT);
+            tokio::spawn(async move {
+                let _slot = slot;
+                let peer = offer.from;
+                let answering = async {
+                    let ice = inner.ice_servers(&PeerRef::Id(peer)).await;
+                    inner
+                        .rtc
+                        .answer(
+                            &inner.signal,
+                            peer,
+                            offer.from_name,
+                            offer.session,
+                            &description,
+                            &ice,
+                            inner.events.clone(),
+                        )
+                        .await
+                };
+                match tokio::time::timeout(timeout, answering).await {
+                    Ok(Ok(connection)) => {
+                        let _ = incoming.send(connection).await;
+                    }
+                    Ok(Err(e)) => {
+                        inner.signal.reject(peer, &offer.session, &e.to_string());
+                        inner.events.emit(Event::Error {
+                            peer: Some(peer),
+                            message: e.to_string(),
+                        });
+                    }
+                    Err(_) => inner.events.emit(Event::Error {
+                        peer: Some(peer),
+                        message: "answering the WebRTC offer timed out".into(),
+                    }),
+                }
+            });
+            continue;
+        }
         let remote = RemoteInfo {
             peer_id: offer.from,
             name: offer.from_name,
