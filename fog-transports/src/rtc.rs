@@ -222,6 +222,7 @@ impl RtcTransport {
     ) -> Result<Connection, ConnectError> {
         let session = SessionKeys::generate();
         let pc = self.peer_connection(ice).await?;
+        let closing = Closing(Some(pc.clone()));
         let streams = Streams::watch(&pc);
         let control = pc
             .create_data_channel(CONTROL_LABEL, None)
@@ -264,7 +265,16 @@ impl RtcTransport {
         let up = async {
             let _ = control_open.await;
         };
-        finish(pc, streams, up, answer.peer, answer.name, started, events).await
+        finish(
+            closing,
+            streams,
+            up,
+            answer.peer,
+            answer.name,
+            started,
+            events,
+        )
+        .await
     }
 
     /// Answers an offer `from` (as the signal server verified it) that carries `offer`:
@@ -283,6 +293,7 @@ impl RtcTransport {
         let started = Instant::now();
         verify_description(&from, &session, offer)?;
         let pc = self.peer_connection(ice).await?;
+        let closing = Closing(Some(pc.clone()));
         let streams = Streams::watch(&pc);
         let remote = RTCSessionDescription::offer(offer.sdp.clone())
             .map_err(|e| ConnectError::HandshakeRefused(format!("WebRTC offer: {e}")))?;
@@ -306,7 +317,7 @@ impl RtcTransport {
                 .wait_for(|s| *s == RTCPeerConnectionState::Connected)
                 .await;
         };
-        finish(pc, streams, up, from, from_name, started, events).await
+        finish(closing, streams, up, from, from_name, started, events).await
     }
 }
 
@@ -331,9 +342,32 @@ fn opened(channel: &Arc<RTCDataChannel>) -> oneshot::Receiver<()> {
     rx
 }
 
+/// A peer connection on its way to becoming a fog connection, closed when that fails or is
+/// given up (it holds sockets and tasks until closed).
+struct Closing(Option<Arc<RTCPeerConnection>>);
+
+impl Closing {
+    /// The peer connection, now owned by a fog connection.
+    fn keep(mut self) -> Arc<RTCPeerConnection> {
+        self.0.take().expect("kept once")
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(pc) = self.0.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = pc.close().await;
+                });
+            }
+        }
+    }
+}
+
 /// Waits for `up` (or failure), then makes the connection and announces it.
 async fn finish(
-    pc: Arc<RTCPeerConnection>,
+    closing: Closing,
     streams: Streams,
     up: impl std::future::Future<Output = ()>,
     peer: PeerId,
@@ -366,10 +400,8 @@ async fn finish(
             "WebRTC did not connect within {CONNECT_TIMEOUT:?}"
         ))),
     };
-    if let Err(e) = result {
-        let _ = pc.close().await;
-        return Err(e);
-    }
+    result?;
+    let pc = closing.keep();
     let path = SelectedPair::of(&pc).await;
     let info = ConnectionInfo {
         peer,
