@@ -5,15 +5,16 @@
 //! paths and moves with them. KCP retransmits what a path change lost, so a stream survives
 //! the move (after a retransmission timeout).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use fog_core::{Attempt, BoxError, Connection, Identity, Protocol};
+use fog_core::{Attempt, BoxError, ConnectError, Connection, Identity, Protocol};
 use futures_util::future::BoxFuture;
 use tower_service::Service;
 
 use crate::kcp_stream::KcpMux;
-use crate::mux::{check_attempt, connect_over};
+use crate::mux::{secure_attempt, ByteStreamTransport};
 use crate::socket::FogSocket;
 
 /// The KCP transport service: turns an [`Attempt`] with a selected path into a [`Connection`].
@@ -41,6 +42,24 @@ pub fn conversation(attempt: &Attempt) -> u32 {
     u32::from_le_bytes([id[0], id[1], id[2], id[3]])
 }
 
+impl ByteStreamTransport for KcpTransport {
+    type Io = tokio::io::DuplexStream;
+    const PROTOCOL: Protocol = Protocol::Kcp;
+    const LAYER: &'static str = "KcpTransport";
+
+    fn socket(&self) -> &Arc<FogSocket> {
+        &self.socket
+    }
+
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    async fn open(&self, attempt: &Attempt, to: SocketAddr) -> Result<Self::Io, ConnectError> {
+        Ok(self.mux.open(conversation(attempt), to))
+    }
+}
+
 impl Service<Attempt> for KcpTransport {
     type Response = Connection;
     type Error = BoxError;
@@ -51,21 +70,6 @@ impl Service<Attempt> for KcpTransport {
     }
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let checked = check_attempt(&attempt, Protocol::Kcp, "KcpTransport", &this.socket)?;
-            let stream = this.mux.open(conversation(&attempt), checked.to);
-            let io = std::future::ready(Ok(stream));
-            let conn = connect_over(
-                &attempt,
-                Protocol::Kcp,
-                checked,
-                &this.socket,
-                &this.identity,
-                io,
-            )
-            .await?;
-            Ok(conn)
-        })
+        secure_attempt(self.clone(), attempt)
     }
 }

@@ -165,9 +165,52 @@ pub(crate) fn check_attempt(
     Ok(Checked { path, peer, to })
 }
 
+/// What a byte-stream transport adds to the shared setup: its protocol, and how it opens the
+/// attempt's byte stream to the peer at `to`. [`secure_attempt`] does the rest.
+pub(crate) trait ByteStreamTransport: Clone + Send + Sync + 'static {
+    /// The byte stream.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The protocol it carries.
+    const PROTOCOL: Protocol;
+    /// The transport's name, for errors about missing input.
+    const LAYER: &'static str;
+    /// The node's socket it runs on.
+    fn socket(&self) -> &Arc<FogSocket>;
+    /// The node's key.
+    fn identity(&self) -> &Identity;
+    /// The attempt's byte stream, once the protocol's own handshake is done.
+    fn open(
+        &self,
+        attempt: &Attempt,
+        to: SocketAddr,
+    ) -> impl Future<Output = Result<Self::Io, ConnectError>> + Send;
+}
+
+/// A byte-stream transport's `Service::call`: checks the attempt, opens the stream and secures
+/// it ([`connect_over`]).
+pub(crate) fn secure_attempt<T: ByteStreamTransport>(
+    transport: T,
+    attempt: Attempt,
+) -> BoxFuture<'static, Result<Connection, fog_core::BoxError>> {
+    Box::pin(async move {
+        let checked = check_attempt(&attempt, T::PROTOCOL, T::LAYER, transport.socket())?;
+        let io = transport.open(&attempt, checked.to);
+        let conn = connect_over(
+            &attempt,
+            T::PROTOCOL,
+            checked,
+            transport.socket(),
+            transport.identity(),
+            io,
+        )
+        .await?;
+        Ok(conn)
+    })
+}
+
 /// Waits for `io` (the protocol's own handshake), secures it ([`secure`]) within
 /// [`HANDSHAKE_TIMEOUT`], and makes the attempt's connection.
-pub(crate) async fn connect_over<T, F>(
+async fn connect_over<T, F>(
     attempt: &Attempt,
     protocol: Protocol,
     checked: Checked,

@@ -6,6 +6,7 @@
 //! does, so it runs over direct and relayed paths and moves with them; SCTP retransmits what a
 //! path change lost.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -13,7 +14,7 @@ use fog_core::{Attempt, BoxError, ConnectError, Connection, Identity, Protocol, 
 use futures_util::future::BoxFuture;
 use tower_service::Service;
 
-use crate::mux::{check_attempt, connect_over};
+use crate::mux::{secure_attempt, ByteStreamTransport};
 use crate::sctp_stream::{SctpMux, SctpPorts};
 use crate::socket::FogSocket;
 
@@ -37,6 +38,28 @@ impl SctpTransport {
     }
 }
 
+impl ByteStreamTransport for SctpTransport {
+    type Io = tokio::io::DuplexStream;
+    const PROTOCOL: Protocol = Protocol::Sctp;
+    const LAYER: &'static str = "SctpTransport";
+
+    fn socket(&self) -> &Arc<FogSocket> {
+        &self.socket
+    }
+
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    async fn open(&self, attempt: &Attempt, to: SocketAddr) -> Result<Self::Io, ConnectError> {
+        let ports = SctpPorts::from_session(&attempt.session.id);
+        self.mux
+            .open(ports, to, attempt.role == Role::Dialer)
+            .await
+            .map_err(|reason| ConnectError::HandshakeRefused(format!("SCTP: {reason}")))
+    }
+}
+
 impl Service<Attempt> for SctpTransport {
     type Response = Connection;
     type Error = BoxError;
@@ -47,26 +70,6 @@ impl Service<Attempt> for SctpTransport {
     }
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let checked = check_attempt(&attempt, Protocol::Sctp, "SctpTransport", &this.socket)?;
-            let ports = SctpPorts::from_session(&attempt.session.id);
-            let dialer = attempt.role == Role::Dialer;
-            let io = this.mux.open(ports, checked.to, dialer);
-            let io = async move {
-                io.await
-                    .map_err(|reason| ConnectError::HandshakeRefused(format!("SCTP: {reason}")))
-            };
-            let conn = connect_over(
-                &attempt,
-                Protocol::Sctp,
-                checked,
-                &this.socket,
-                &this.identity,
-                io,
-            )
-            .await?;
-            Ok(conn)
-        })
+        secure_attempt(self.clone(), attempt)
     }
 }

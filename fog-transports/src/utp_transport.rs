@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use crate::mux::{check_attempt, connect_over};
+use crate::mux::{secure_attempt, ByteStreamTransport};
 use crate::socket::{FogSocket, TransportDatagrams};
 
 /// The protocol byte of uTP datagrams on the socket.
@@ -226,6 +226,34 @@ impl UtpTransport {
     }
 }
 
+impl ByteStreamTransport for UtpTransport {
+    type Io = UtpStream;
+    const PROTOCOL: Protocol = Protocol::Utp;
+    const LAYER: &'static str = "UtpTransport";
+
+    fn socket(&self) -> &Arc<FogSocket> {
+        &self.socket
+    }
+
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    async fn open(&self, attempt: &Attempt, to: SocketAddr) -> Result<Self::Io, ConnectError> {
+        let session = attempt.session.id;
+        match attempt.role {
+            Role::Dialer => {
+                let refused =
+                    |e: &dyn std::fmt::Display| ConnectError::HandshakeRefused(format!("uTP: {e}"));
+                let mut stream = self.utp.connect(to).await.map_err(|e| refused(&e))?;
+                stream.write_all(&session).await.map_err(|e| refused(&e))?;
+                Ok(stream)
+            }
+            Role::Responder => self.accepted(session).await,
+        }
+    }
+}
+
 impl Service<Attempt> for UtpTransport {
     type Response = Connection;
     type Error = BoxError;
@@ -236,35 +264,7 @@ impl Service<Attempt> for UtpTransport {
     }
 
     fn call(&mut self, attempt: Attempt) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let checked = check_attempt(&attempt, Protocol::Utp, "UtpTransport", &this.socket)?;
-            let to = checked.to;
-            let session = attempt.session.id;
-            let io = async {
-                match attempt.role {
-                    Role::Dialer => {
-                        let refused = |e: &dyn std::fmt::Display| {
-                            ConnectError::HandshakeRefused(format!("uTP: {e}"))
-                        };
-                        let mut stream = this.utp.connect(to).await.map_err(|e| refused(&e))?;
-                        stream.write_all(&session).await.map_err(|e| refused(&e))?;
-                        Ok(stream)
-                    }
-                    Role::Responder => this.accepted(session).await,
-                }
-            };
-            let conn = connect_over(
-                &attempt,
-                Protocol::Utp,
-                checked,
-                &this.socket,
-                &this.identity,
-                io,
-            )
-            .await?;
-            Ok(conn)
-        })
+        secure_attempt(self.clone(), attempt)
     }
 }
 
