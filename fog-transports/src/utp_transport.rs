@@ -29,6 +29,9 @@ pub const UTP_PROTOCOL: u8 = 2;
 /// Streams kept for attempts that have not reached the transport yet, and for how long.
 const MAX_EARLY_STREAMS: usize = 64;
 const EARLY_TTL: Duration = Duration::from_secs(10);
+/// How long the first SYN of a connect waits for its answer; each further one waits twice as
+/// long (the handshake's own timeout bounds the whole).
+const SYN_WAIT: Duration = Duration::from_millis(750);
 /// How many times a segment is sent before the stream gives up on the path.
 const UTP_MAX_SENDS_OF_A_SEGMENT: usize = 16;
 /// How long a stream with data in flight waits to hear from the peer before it ends.
@@ -226,6 +229,22 @@ impl UtpTransport {
     }
 }
 
+impl UtpTransport {
+    /// A uTP stream to `to`. The crate sends a SYN once and waits for its answer without end,
+    /// so a lost SYN would hang the connect: each try waits a little longer, then sends a
+    /// new SYN (the peer resends its SYN-ACK itself, so a late answer arrives within these).
+    async fn connect(&self, to: SocketAddr) -> Result<UtpStream, librqbit_utp::Error> {
+        let mut wait = SYN_WAIT;
+        loop {
+            if let Ok(connected) = tokio::time::timeout(wait, self.utp.connect(to)).await {
+                return connected;
+            }
+            tracing::debug!(%to, ?wait, "no answer to a uTP SYN; sending another");
+            wait *= 2;
+        }
+    }
+}
+
 impl ByteStreamTransport for UtpTransport {
     type Io = UtpStream;
     const PROTOCOL: Protocol = Protocol::Utp;
@@ -245,7 +264,7 @@ impl ByteStreamTransport for UtpTransport {
             Role::Dialer => {
                 let refused =
                     |e: &dyn std::fmt::Display| ConnectError::HandshakeRefused(format!("uTP: {e}"));
-                let mut stream = self.utp.connect(to).await.map_err(|e| refused(&e))?;
+                let mut stream = self.connect(to).await.map_err(|e| refused(&e))?;
                 stream.write_all(&session).await.map_err(|e| refused(&e))?;
                 Ok(stream)
             }
