@@ -1,23 +1,41 @@
 //! `fog-bench-punch`: time from `connect` to connected for every pair of NAT behaviours of the
-//! test bed, at 0 ms and 25 ms one-way delay on every access link. Runs `fog serve` and
-//! `fog connect --json` (the `fog` binary next to this one) in the hosts' namespaces, through
-//! `fog server` with an RFC 5780 STUN server. Needs root, `ip` and `nft`.
+//! test bed, at 0 ms and 25 ms one-way delay on every access link, first without a relay and
+//! then as deployed, with one. Runs `fog serve` (the `fog` binary next to this one) in the
+//! server's namespace and a dialing node in the dialer's, through `fog server` with an RFC 5780
+//! STUN server (and its TURN relay in the second table). Needs root, `ip` and `nft`.
 //!
-//! `--quick` does 2 connects per cell instead of 20.
+//! `--quick` does 2 connects per cell instead of 20. The bench exits non-zero when a pair that
+//! has a direct path did not take it every time (without a relay: at connect; with one: within
+//! 5 s of connecting), or when a connect with a relay failed.
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use common::{fog_binary, start};
 use fog_natlab::{Host, Link, NatBehaviour};
 
 const SIGNAL: &str = "ws://203.0.113.9:7600/ws";
+const RELAY: &str = "203.0.113.9:3480";
+/// How long a connection that starts on the relay may take to go direct.
+const DIRECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// What the connects of one cell came to.
+#[derive(Default)]
+struct Cell {
+    /// Connect times (ms) of the connects that succeeded.
+    times: Vec<f64>,
+    direct_at_connect: usize,
+    direct_within: usize,
+    relayed: usize,
+    failed: usize,
+}
 
 /// `runs` connects from a node running in `host`'s namespace (its NAT verdict already cached,
-/// as in a long-running node): the connect times of those that got a direct path.
-fn connects(host: &Host, peer: String, runs: usize) -> Result<Vec<f64>> {
+/// as in a long-running node).
+fn connects(host: &Host, peer: String, runs: usize) -> Result<Cell> {
     host.run(move || async move {
         let node = fog::Node::builder()
             .signal(SIGNAL)
@@ -25,18 +43,26 @@ fn connects(host: &Host, peer: String, runs: usize) -> Result<Vec<f64>> {
             .await
             .map_err(|e| anyhow!("dialer node: {e}"))?;
         node.nat_profile().await;
-        let mut times = Vec::new();
+        let mut cell = Cell::default();
         for _ in 0..runs {
             let started = std::time::Instant::now();
-            if let Ok(conn) = node.connect(&peer).await {
-                if conn.path_kind() == fog::PathKind::Direct {
-                    times.push(started.elapsed().as_secs_f64() * 1e3);
-                }
-                conn.close("bench");
+            let Ok(conn) = node.connect(&peer).await else {
+                cell.failed += 1;
+                continue;
+            };
+            cell.times.push(started.elapsed().as_secs_f64() * 1e3);
+            if conn.path_kind() == fog::PathKind::Direct {
+                cell.direct_at_connect += 1;
+                cell.direct_within += 1;
+            } else if conn.wait_direct(DIRECT_WITHIN).await {
+                cell.direct_within += 1;
+            } else {
+                cell.relayed += 1;
             }
+            conn.close("bench");
         }
         node.shutdown().await;
-        Ok(times)
+        Ok(cell)
     })
     .map_err(|e| anyhow!("{e}"))?
 }
@@ -44,7 +70,7 @@ fn connects(host: &Host, peer: String, runs: usize) -> Result<Vec<f64>> {
 fn median_p95(ms: Vec<f64>) -> String {
     match common::median_p95(ms) {
         Some((median, p95)) => format!("{median:.0} / {p95:.0}"),
-        None => "no direct path".into(),
+        None => "-".into(),
     }
 }
 
@@ -57,23 +83,38 @@ const BEHAVIOURS: [NatBehaviour; 6] = [
     NatBehaviour::SymmetricRandom,
 ];
 
-fn main() -> Result<()> {
-    let runs = if std::env::args().any(|a| a == "--quick") {
-        2
+/// Whether two peers behind `a` and `b` can have a direct path at all.
+fn direct_possible(a: NatBehaviour, b: NatBehaviour) -> bool {
+    use NatBehaviour::*;
+    !matches!(
+        (a, b),
+        (SymmetricRandom, SymmetricRandom)
+            | (SymmetricRandom, SymmetricSequential)
+            | (SymmetricSequential, SymmetricRandom)
+    )
+}
+
+const DELAYS: [u64; 2] = [0, 25];
+
+/// Runs every pair at both delays, with or without a relay; the cells, row by row.
+fn matrix(
+    fog: &Path,
+    runs: usize,
+    relay: bool,
+) -> Result<Vec<(NatBehaviour, NatBehaviour, Vec<Cell>)>> {
+    let extra: &[&str] = if relay {
+        &["--relay", RELAY, "--relay-max-rate", "0"]
     } else {
-        20
+        &[]
     };
-    let fog = fog_binary()?;
-    println!("| dialer NAT | server NAT | 0 ms: median / p95 (ms) | 25 ms one-way: median / p95 (ms) | direct |");
-    println!("| --- | --- | --- | --- | --- |");
+    let mut rows = Vec::new();
     let mut n = 0;
     for a in BEHAVIOURS {
         // A lab per row: the lab's public addresses would not last for all 36 pairs.
-        let (mut lab, _server) = common::lab_with_fog_server(&fog, &[])?;
+        let (mut lab, _server) = common::lab_with_fog_server(fog, extra)?;
         for b in BEHAVIOURS {
             let mut cells = Vec::new();
-            let mut ok = 0;
-            for delay in [0u64, 25] {
+            for delay in DELAYS {
                 let access = Link::with_delay(Duration::from_millis(delay));
                 let ra = lab.router(a, Link::default())?;
                 let dialer = lab.host(&ra, access)?;
@@ -83,21 +124,92 @@ fn main() -> Result<()> {
                 let name = format!("bench{n}");
                 let _serve = start(
                     &served,
-                    &fog,
+                    fog,
                     &["serve", "--signal", SIGNAL, "--name", &name],
                     "peer id:",
                 )?;
-                let times = connects(&dialer, name, runs)?;
-                ok += times.len();
-                cells.push(median_p95(times));
+                cells.push(connects(&dialer, name, runs)?);
             }
-            println!(
-                "| {a} | {b} | {} | {} | {ok}/{} |",
-                cells[0],
-                cells[1],
-                2 * runs
-            );
+            rows.push((a, b, cells));
         }
+    }
+    Ok(rows)
+}
+
+fn main() -> Result<()> {
+    let runs = if std::env::args().any(|a| a == "--quick") {
+        2
+    } else {
+        20
+    };
+    let fog = fog_binary()?;
+    let mut short = Vec::new();
+
+    println!("Without a relay: connect time of the connects that went direct (ms), out of {runs} per cell.");
+    println!();
+    println!(
+        "| dialer NAT | server NAT | 0 ms: median / p95 | 25 ms one-way: median / p95 | direct |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for (a, b, cells) in matrix(&fog, runs, false)? {
+        let direct: usize = cells.iter().map(|c| c.direct_at_connect).sum();
+        let times = |c: &Cell| {
+            if c.direct_at_connect > 0 {
+                median_p95(c.times.clone())
+            } else {
+                "no direct path".into()
+            }
+        };
+        println!(
+            "| {a} | {b} | {} | {} | {direct}/{} |",
+            times(&cells[0]),
+            times(&cells[1]),
+            2 * runs
+        );
+        if direct_possible(a, b) && direct < 2 * runs {
+            short.push(format!(
+                "{a} x {b} without a relay: {direct}/{} direct",
+                2 * runs
+            ));
+        }
+    }
+
+    println!();
+    println!("With a relay (as deployed), out of {runs} per cell: direct at connect, direct within {} s of connecting, still relayed after that, failed; connect time of all that connected (ms).", DIRECT_WITHIN.as_secs());
+    println!();
+    println!("| dialer NAT | server NAT | 0 ms: at connect / within 5 s / relayed / failed | 0 ms: median / p95 | 25 ms: at connect / within 5 s / relayed / failed | 25 ms: median / p95 |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (a, b, cells) in matrix(&fog, runs, true)? {
+        let counts = |c: &Cell| {
+            format!(
+                "{} / {} / {} / {}",
+                c.direct_at_connect, c.direct_within, c.relayed, c.failed
+            )
+        };
+        println!(
+            "| {a} | {b} | {} | {} | {} | {} |",
+            counts(&cells[0]),
+            median_p95(cells[0].times.clone()),
+            counts(&cells[1]),
+            median_p95(cells[1].times.clone()),
+        );
+        for (delay, cell) in DELAYS.iter().zip(&cells) {
+            if cell.failed > 0 {
+                short.push(format!(
+                    "{a} x {b} at {delay} ms with a relay: {} failed",
+                    cell.failed
+                ));
+            }
+            if direct_possible(a, b) && cell.direct_within < runs {
+                short.push(format!(
+                    "{a} x {b} at {delay} ms with a relay: {}/{runs} direct within 5 s",
+                    cell.direct_within
+                ));
+            }
+        }
+    }
+    if !short.is_empty() {
+        bail!("pairs short of their goal:\n{}", short.join("\n"));
     }
     Ok(())
 }

@@ -273,6 +273,24 @@ impl Connection {
         }
     }
 
+    /// Waits up to `limit` for the connection to be on a direct path; true when it is (at once
+    /// when it already was). A connection that started on a relay moves to a direct pair as
+    /// soon as one answers its checks.
+    pub async fn wait_direct(&self, limit: Duration) -> bool {
+        use tokio::sync::broadcast::error::RecvError;
+        // Subscribe before looking, so that a move between the two is not missed.
+        let mut events = self.inner.events.subscribe();
+        let moved = async {
+            while self.path_kind() != PathKind::Direct {
+                if let Err(RecvError::Closed) = events.recv().await {
+                    // No more events: the path can no longer change.
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(limit, moved).await.is_ok()
+    }
+
     /// The relay the connection goes through now: ours, or the peer's (whose relayed address
     /// we send to); `None` on a direct path.
     pub fn relay_addr(&self) -> Option<SocketAddr> {

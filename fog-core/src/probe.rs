@@ -104,6 +104,14 @@ pub trait Prober: Send + Sync + 'static {
         let _ = addr;
     }
 
+    /// Whether sending to `addr` goes through a relay: a path through one of our allocations,
+    /// or a relayed address the peer told us of. Checks answered from such an address make a
+    /// relayed path, whatever kind of candidate they came in as.
+    fn is_relayed(&self, addr: SocketAddr) -> bool {
+        let _ = addr;
+        false
+    }
+
     /// The prober as `Any`, so that a transport can take over the socket it wraps.
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }

@@ -23,6 +23,10 @@ use crate::nat_probe::stun_client::{Retransmit, StunSocket};
 /// slip in between.
 pub const PREDICTED_PORTS: u16 = 8;
 
+/// Longest wait for the lookups before this layer (server-reflexive, relay allocation) to
+/// open their flows before the port counter is read.
+pub const EARLIER_FLOWS_WAIT: Duration = Duration::from_secs(2);
+
 /// The predicted candidates after the NAT handed out `observed` (the public address of the
 /// newest flow), for a NAT that steps by `delta`: the next [`PREDICTED_PORTS`] ports, in order,
 /// the earliest ranked highest.
@@ -50,7 +54,9 @@ fn sequential_delta(profile: Option<&NatProfile>) -> Option<i32> {
 }
 
 /// Adds predicted candidates when the local NAT (from `NatProbeLayer`) is sequential symmetric;
-/// does nothing otherwise.
+/// does nothing otherwise. Put it after every layer that opens flows of its own through the
+/// NAT (`GatherLayer`'s server-reflexive lookup, `RelayFallbackLayer`'s allocation): it reads
+/// the NAT's port counter once their lookups are done.
 #[derive(Clone, Debug)]
 pub struct PortPredictLayer {
     stun: Vec<SocketAddr>,
@@ -113,13 +119,18 @@ where
         ResponseFuture::new(async move {
             if let Some(delta) = sequential_delta(attempt.local_nat.as_ref()) {
                 use tracing::Instrument;
-                // After the lookups before it: the server-reflexive lookup opens a mapping of
-                // its own, and the counter must be read after it, or every prediction is one
-                // port off.
+                // After the lookups before it: the server-reflexive lookup and the relay
+                // allocation each open a mapping of their own, and the counter must be read
+                // after them, or every prediction is off by the flows that came between. A
+                // lookup that takes too long (a relay that does not answer) is not waited for.
                 let earlier = attempt.local_gathering.clone();
                 let events = attempt.events.clone();
                 let lookup = async move {
-                    fog_core::trickle::gathered(&earlier).await;
+                    let _ = tokio::time::timeout(
+                        EARLIER_FLOWS_WAIT,
+                        fog_core::trickle::gathered(&earlier),
+                    )
+                    .await;
                     let Some(observed) = observe(&stun).await else {
                         return Vec::new();
                     };

@@ -243,19 +243,26 @@ async fn tower_timeout_bounds_a_stack_whose_peer_never_answers() {
     assert!(matches!(cause(&err), ConnectError::Timeout(_)), "{err}");
 }
 
-/// A prober whose network answers checks to `alive` after `rtt` and drops all others.
+/// A prober whose network answers checks to each `alive` address after its round trip and
+/// drops all others.
 struct FakeProber {
-    alive: Vec<SocketAddr>,
-    rtt: Duration,
+    alive: Vec<(SocketAddr, Duration)>,
     watchers: Mutex<Vec<mpsc::UnboundedSender<CheckEvent>>>,
     sent: Mutex<Vec<SocketAddr>>,
 }
 
 impl FakeProber {
     fn new(alive: &[&str], rtt: Duration) -> Arc<Self> {
+        let alive: Vec<(&str, Duration)> = alive.iter().map(|a| (*a, rtt)).collect();
+        Self::with_rtts(&alive)
+    }
+
+    fn with_rtts(alive: &[(&str, Duration)]) -> Arc<Self> {
         Arc::new(FakeProber {
-            alive: alive.iter().map(|a| a.parse().unwrap()).collect(),
-            rtt,
+            alive: alive
+                .iter()
+                .map(|(a, rtt)| (a.parse().unwrap(), *rtt))
+                .collect(),
             watchers: Mutex::new(Vec::new()),
             sent: Mutex::new(Vec::new()),
         })
@@ -275,9 +282,9 @@ impl Prober for FakeProber {
 
     fn send_check(&self, _session: &SessionKeys, remote: SocketAddr) -> std::io::Result<()> {
         self.sent.lock().unwrap().push(remote);
-        if self.alive.contains(&remote) {
+        if let Some((_, rtt)) = self.alive.iter().find(|(a, _)| *a == remote) {
             let watchers = self.watchers.lock().unwrap().clone();
-            let rtt = self.rtt;
+            let rtt = *rtt;
             tokio::spawn(async move {
                 tokio::time::sleep(rtt).await;
                 for w in watchers {
@@ -342,6 +349,69 @@ async fn punch_selects_the_candidate_that_answers() {
         prober.sent.lock().unwrap()[0],
         "10.2.0.5:7000".parse().unwrap()
     );
+}
+
+/// The path the punch layer hands on for these candidates, answered after these round trips,
+/// and how long it took.
+async fn punched(
+    answers: &[(&str, Duration)],
+    candidates: &[(&str, CandidateKind, u32)],
+    strategy: Option<fog_core::Strategy>,
+) -> (fog_core::SelectedPath, Duration) {
+    let prober = FakeProber::with_rtts(answers);
+    let seen = Arc::new(Mutex::new(None));
+    let stack = ServiceBuilder::new()
+        .layer(PunchLayer::new(prober))
+        .service(recording_transport(seen.clone()));
+    let mut attempt = attempt_with_remote(candidates);
+    attempt.strategy = strategy;
+    let started = tokio::time::Instant::now();
+    let err = stack.oneshot(attempt).await.unwrap_err();
+    assert!(reached_transport(&err), "{err}");
+    let attempt = seen.lock().unwrap().take().unwrap();
+    (attempt.path.expect("a path"), started.elapsed())
+}
+
+const PEER_RELAY: (&str, CandidateKind, u32) = ("203.0.113.9:50000", CandidateKind::Relay, 1);
+const PEER_SRFLX: (&str, CandidateKind, u32) = ("203.0.113.7:7000", CandidateKind::Srflx, 100);
+
+#[tokio::test(start_paused = true)]
+async fn a_direct_pair_that_answers_within_the_grace_beats_a_relay_that_answered_first() {
+    let ms = Duration::from_millis;
+    let (path, _) = punched(
+        &[(PEER_RELAY.0, ms(10)), (PEER_SRFLX.0, ms(120))],
+        &[PEER_SRFLX, PEER_RELAY],
+        Some(fog_core::Strategy::Punch),
+    )
+    .await;
+    assert_eq!(path.kind, fog_core::PathKind::Direct, "{path:?}");
+    assert_eq!(path.remote.addr, PEER_SRFLX.0.parse().unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_relay_carries_the_connection_when_no_direct_pair_answers_within_the_grace() {
+    let ms = Duration::from_millis;
+    let grace = PunchConfig::default().relay_grace;
+    let (path, took) = punched(
+        &[(PEER_RELAY.0, ms(10))],
+        &[PEER_SRFLX, PEER_RELAY],
+        Some(fog_core::Strategy::Punch),
+    )
+    .await;
+    assert_eq!(path.kind, fog_core::PathKind::Relay, "{path:?}");
+    assert!(
+        took >= ms(10) + grace && took < ms(10) + grace + ms(50),
+        "{took:?}"
+    );
+    // Where no direct pair can exist, the relay is taken at once.
+    let (path, took) = punched(
+        &[(PEER_RELAY.0, ms(10))],
+        &[PEER_RELAY],
+        Some(fog_core::Strategy::RelayOnly),
+    )
+    .await;
+    assert_eq!(path.kind, fog_core::PathKind::Relay, "{path:?}");
+    assert!(took < ms(50), "{took:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -741,6 +741,10 @@ impl Prober for FogSocket {
         })
     }
 
+    fn is_relayed(&self, addr: SocketAddr) -> bool {
+        self.relay_behind(addr).is_some()
+    }
+
     fn note_peer_relay(&self, addr: SocketAddr) {
         let mut relays = self.relays();
         if relays.peer_relays.len() >= MAX_RELAY_STAND_INS {

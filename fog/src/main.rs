@@ -109,6 +109,10 @@ enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 20.0)]
         timeout: f64,
+        /// When the connection starts on a relay, keep it open up to this many seconds for a
+        /// direct path to take over (reported as `direct_after_ms`).
+        #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+        wait_direct: f64,
     },
     /// Print the node's peer id.
     Id {
@@ -455,13 +459,22 @@ async fn run(command: Command) -> Result<(), BoxError> {
             message,
             json,
             timeout,
+            wait_direct,
         } => {
             let limit = seconds(timeout)?;
+            if !(wait_direct.is_finite() && (0.0..1e9).contains(&wait_direct)) {
+                return Err("--wait-direct must be a number of seconds, 0 or more".into());
+            }
             let work = async {
                 let node = node.bind().await?;
                 let started = Instant::now();
                 let conn = node.connect(&peer).await?;
                 let connect_ms = started.elapsed().as_secs_f64() * 1e3;
+                let path_at_connect = conn.path_kind();
+                let direct_after = conn
+                    .wait_direct(Duration::from_secs_f64(wait_direct))
+                    .await
+                    .then(|| started.elapsed());
                 let started = Instant::now();
                 let reply = echo_once(&conn, message.as_bytes()).await?;
                 let rtt_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -472,6 +485,8 @@ async fn run(command: Command) -> Result<(), BoxError> {
                     "name": conn.peer_name(),
                     "protocol": conn.protocol().as_str(),
                     "path": conn.path_kind().to_string(),
+                    "path_at_connect": path_at_connect.to_string(),
+                    "direct_after_ms": direct_after.map(|d| (d.as_secs_f64() * 1e4).round() / 10.0),
                     "relay": conn.relay_addr().map(|a| a.to_string()),
                     "local": conn.local_addr().to_string(),
                     "remote": conn.remote_addr().to_string(),

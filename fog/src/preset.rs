@@ -71,20 +71,22 @@ impl StackParts {
 }
 
 /// The default preset: NAT probe (when STUN servers are known) → gather (host and
-/// server-reflexive) → port prediction → relay (when relays are known) → signal → strategy →
+/// server-reflexive) → relay (when relays are known) → port prediction → signal → strategy →
 /// punch → protocol select → the negotiated protocol's transport (QUIC, KCP, uTP, SCTP or UDP).
 pub fn default_stack(parts: &StackParts) -> Stack {
     let transports = parts.transports();
     let stack = ServiceBuilder::new()
         .option_layer(parts.nat.clone().map(NatProbeLayer::new))
         .layer(GatherLayer::new(parts.socket.local_addr()).with_stun(parts.prober(), parts.stun()))
-        .layer(PortPredictLayer::new(parts.stun()))
         .option_layer(
             (!parts.relays.is_empty() || !parts.turn.is_empty()).then(|| {
                 RelayFallbackLayer::new(parts.prober(), parts.signaller.clone())
                     .with_servers(parts.turn.clone())
             }),
         )
+        // After the relay: its allocation is a flow of its own through the NAT, and the
+        // prediction must read the port counter after it.
+        .layer(PortPredictLayer::new(parts.stun()))
         .layer(SignalLayer::new(parts.signaller.clone()))
         .layer(StrategyLayer::new())
         .layer(PunchLayer::new(parts.prober()).with_config(parts.punch))

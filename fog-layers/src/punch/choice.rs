@@ -52,6 +52,12 @@ impl PathChoice {
         self.current_relayed = relayed;
     }
 
+    /// The pair in use turned out to go through a relay (the peer's relayed address answered
+    /// before its candidate arrived): from now on a direct pair takes over when it answers.
+    pub fn mark_relayed(&mut self) {
+        self.current_relayed = true;
+    }
+
     /// A check to `addr` (through a relay when `relayed`) was answered after `rtt`. Returns
     /// true when the connection should move there: a direct pair beats any relay, the LAN
     /// beats any path through a NAT, and otherwise a clearly lower round trip wins.
@@ -137,6 +143,16 @@ mod tests {
         assert!(choice.answered(addr("203.0.113.2:7000"), ms(80), false));
         assert!(!choice.relayed());
         assert!(!choice.answered(addr("250.0.0.1:1"), ms(1), true));
+    }
+
+    #[test]
+    fn a_pair_found_to_be_relayed_gives_way_to_a_direct_one() {
+        let mut choice = PathChoice::new(addr("203.0.113.9:50000"), ms(5), false);
+        assert!(!choice.answered(addr("203.0.113.2:7000"), ms(5), false));
+        choice.mark_relayed();
+        assert!(choice.relayed());
+        assert!(choice.answered(addr("203.0.113.2:7000"), ms(6), false));
+        assert_eq!(choice.current(), addr("203.0.113.2:7000"));
     }
 
     #[test]

@@ -49,6 +49,11 @@ pub struct PunchConfig {
     pub max_interval: Duration,
     /// Give up after this long.
     pub timeout: Duration,
+    /// How long a relay pair that answers first is held while a direct pair may still answer
+    /// (the strategy says one can exist): the connection then starts direct instead of moving
+    /// there later. Spraying holds it for two waves at least, since a sprayed path cannot
+    /// take over once the connection runs.
+    pub relay_grace: Duration,
 }
 
 impl Default for PunchConfig {
@@ -57,6 +62,7 @@ impl Default for PunchConfig {
             first_interval: Duration::from_millis(20),
             max_interval: Duration::from_millis(250),
             timeout: Duration::from_secs(5),
+            relay_grace: Duration::from_millis(300),
         }
     }
 }
@@ -192,6 +198,36 @@ struct Checks {
 }
 
 impl Checks {
+    /// Whether `addr` goes through a relay: a relay candidate or path we know, or one the
+    /// socket knows (a path through our allocation that the peer's checks came in on).
+    fn is_relayed(&mut self, addr: SocketAddr) -> bool {
+        if self.relayed.contains(&addr) {
+            return true;
+        }
+        let relayed = self.prober.is_relayed(addr);
+        if relayed {
+            self.relayed.insert(addr);
+        }
+        relayed
+    }
+
+    /// The pair in use may have turned out to be the peer's relay (its check came in through
+    /// it before its relay candidate did): a direct pair then takes over when it answers.
+    fn recheck_current(&mut self, choice: &mut PathChoice) {
+        if !choice.relayed() && self.is_relayed(choice.current()) {
+            tracing::debug!(current = %choice.current(), "the pair in use is relayed");
+            choice.mark_relayed();
+        }
+    }
+
+    /// A learned target (the source of the peer's check), checked at once when new.
+    fn learned(&mut self, from: SocketAddr) {
+        self.is_relayed(from);
+        if self.schedule.add_target(from) {
+            self.check(from);
+        }
+    }
+
     fn check(&mut self, target: SocketAddr) {
         match self.prober.send_check(&self.session, target) {
             Ok(()) => {
@@ -236,14 +272,18 @@ impl Checks {
 
     /// Checks through our relays to the peer's public candidates. Besides being paths, they
     /// open the relay's permission for the peer's IP, so that the peer's checks to our relayed
-    /// address get through.
+    /// address get through. Predicted ports are left out: the peer's NAT opens them only
+    /// towards our own public ports, never towards the relay, and the permission is per IP
+    /// anyway (the server-reflexive candidate has the same one).
     fn add_relay_paths(&mut self, remote: &[Candidate]) {
         if self.relays.is_empty() {
             return;
         }
         let mut paths = Vec::new();
         for c in remote {
-            if is_local_only(c.addr.ip()) || c.kind == CandidateKind::Relay {
+            if is_local_only(c.addr.ip())
+                || matches!(c.kind, CandidateKind::Relay | CandidateKind::Predicted)
+            {
                 continue;
             }
             for relay in &self.relays {
@@ -269,7 +309,7 @@ impl Checks {
         }
     }
 
-    fn path_to(&self, remote: SocketAddr, local: SocketAddr, rtt: Duration) -> SelectedPath {
+    fn path_to(&mut self, remote: SocketAddr, local: SocketAddr, rtt: Duration) -> SelectedPath {
         let candidate = self
             .known
             .iter()
@@ -281,7 +321,7 @@ impl Checks {
                 kind: CandidateKind::Prflx,
                 priority: 0,
             });
-        let relayed = self.relayed.contains(&remote);
+        let relayed = self.is_relayed(remote);
         SelectedPath {
             remote: Candidate {
                 kind: if relayed {
@@ -306,7 +346,7 @@ impl Checks {
         self.last_answer
             .insert(reply.remote, tokio::time::Instant::now());
         let from = choice.current();
-        let relayed = self.relayed.contains(&reply.remote);
+        let relayed = self.is_relayed(reply.remote);
         if choice.answered(reply.remote, reply.rtt, relayed) {
             self.move_route(peer, from, reply.remote, relayed, reply.rtt);
         }
@@ -351,6 +391,7 @@ impl Checks {
         };
         self.last_answer
             .insert(choice.current(), tokio::time::Instant::now());
+        self.recheck_current(&mut choice);
         while now() < until {
             if !lifeline.alive() {
                 return;
@@ -369,13 +410,12 @@ impl Checks {
                 event = self.replies.recv() => match event {
                     None => return,
                     Some(CheckEvent::Answered(reply)) => self.on_answer(&peer, &mut choice, reply),
-                    Some(CheckEvent::Received { from }) => {
-                        if self.schedule.add_target(from) {
-                            self.check(from);
-                        }
-                    }
+                    Some(CheckEvent::Received { from }) => self.learned(from),
                 },
-                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => self.on_trickle(list),
+                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => {
+                    self.on_trickle(list);
+                    self.recheck_current(&mut choice);
+                }
                 _ = relay_done(&mut self.relay_ready), if self.relay_ready.is_some() => self.relays_ready(),
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
             }
@@ -387,9 +427,14 @@ impl Checks {
                 event = self.replies.recv() => match event {
                     None => return,
                     Some(CheckEvent::Answered(reply)) => self.on_answer(&peer, &mut choice, reply),
-                    Some(CheckEvent::Received { .. }) => {}
+                    Some(CheckEvent::Received { from }) => {
+                        self.is_relayed(from);
+                    }
                 },
-                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => self.on_trickle(list),
+                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => {
+                    self.on_trickle(list);
+                    self.recheck_current(&mut choice);
+                }
                 _ = relay_done(&mut self.relay_ready), if self.relay_ready.is_some() => self.relays_ready(),
                 _ = tick.tick() => self.monitor_round(&peer, &mut choice),
             }
@@ -562,6 +607,15 @@ async fn punch(
     let (spray_tx, mut spray_events) = mpsc::unbounded_channel();
     let mut spray = spray_role(attempt).map(|role| Spray::new(role, attempt.session, spray_tx));
     let mut next_wave = spray.as_ref().map(|_| tokio::time::Instant::now());
+    // A relay pair that answers first is held for a short grace while a direct pair may still
+    // answer (see `PunchConfig::relay_grace`).
+    let direct_possible = attempt.strategy != Some(Strategy::RelayOnly);
+    let grace = if spray.is_some() {
+        config.relay_grace.max(2 * WAVE_INTERVAL)
+    } else {
+        config.relay_grace
+    };
+    let mut held: Option<(SelectedPath, Option<PathSocket>, tokio::time::Instant)> = None;
     let result = loop {
         match checks.schedule.poll(now()) {
             PunchAction::Send(targets) => {
@@ -571,22 +625,19 @@ async fn punch(
             }
             PunchAction::WaitUntil(at) => {
                 let mut wave_due = false;
+                let mut found: Option<(SelectedPath, Option<PathSocket>)> = None;
+                let held_until = held.as_ref().map(|(_, _, until)| *until);
                 tokio::select! {
                     event = checks.replies.recv() => match event {
                         None => break Err(ConnectError::Shutdown),
                         Some(CheckEvent::Answered(reply)) => {
                             attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
                             checks.last_answer.insert(reply.remote, tokio::time::Instant::now());
-                            let path = checks.path_to(reply.remote, local, reply.rtt);
-                            break Ok((path, None));
+                            found = Some((checks.path_to(reply.remote, local, reply.rtt), None));
                         }
                         // The peer reached us from an address we did not know (its NAT's mapping
                         // towards us): check it at once, a "triggered check".
-                        Some(CheckEvent::Received { from }) => {
-                            if checks.schedule.add_target(from) {
-                                checks.check(from);
-                            }
-                        }
+                        Some(CheckEvent::Received { from }) => checks.learned(from),
                     },
                     list = next_trickle(&mut checks.trickle), if checks.trickle.is_some() => checks.on_trickle(list),
                     _ = relay_done(&mut checks.relay_ready), if checks.relay_ready.is_some() => checks.relays_ready(),
@@ -598,7 +649,7 @@ async fn punch(
                             CheckEvent::Answered(reply) => {
                                 attempt.emit(Event::CheckSucceeded { remote: reply.remote, rtt: reply.rtt });
                                 let path = checks.path_to(reply.remote, socket.local_addr(), reply.rtt);
-                                break Ok((path, Some(PathSocket(socket))));
+                                found = Some((path, Some(PathSocket(socket))));
                             }
                             CheckEvent::Received { from } => {
                                 if socket.send_check(&attempt.session, from).is_ok() {
@@ -611,17 +662,43 @@ async fn punch(
                     _ = tokio::time::sleep_until(next_wave.unwrap_or_else(tokio::time::Instant::now)), if next_wave.is_some() => {
                         wave_due = true;
                     }
+                    _ = tokio::time::sleep_until(held_until.unwrap_or_else(tokio::time::Instant::now)), if held_until.is_some() => {
+                        tracing::debug!("no direct pair answered within the relay grace");
+                        if let Some((path, socket, _)) = held.take() {
+                            break Ok((path, socket));
+                        }
+                    }
                     _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
+                }
+                if let Some((path, socket)) = found {
+                    if path.kind == PathKind::Direct || !direct_possible || grace.is_zero() {
+                        break Ok((path, socket));
+                    }
+                    if held.is_none() {
+                        tracing::debug!(remote = %path.remote.addr, ?grace, "relay pair held while direct pairs may answer");
+                        held = Some((path, socket, tokio::time::Instant::now() + grace));
+                    }
                 }
                 if wave_due {
                     if let Some(spray) = spray.as_mut() {
-                        let sent = spray.wave(&prober, checks.schedule.targets()).await;
+                        // Only direct targets: a relay pair needs no spraying.
+                        let direct: Vec<SocketAddr> = checks
+                            .schedule
+                            .targets()
+                            .iter()
+                            .copied()
+                            .filter(|t| !checks.relayed.contains(t))
+                            .collect();
+                        let sent = spray.wave(&prober, &direct).await;
                         checks.probes += sent;
                         next_wave = Some(tokio::time::Instant::now() + WAVE_INTERVAL);
                     }
                 }
             }
             PunchAction::GiveUp => {
+                if let Some((path, socket, _)) = held.take() {
+                    break Ok((path, socket));
+                }
                 let targets = checks.schedule.targets().len();
                 break Err(ConnectError::NoPath(if targets == 0 {
                     "the peer sent no candidate this socket can reach".into()

@@ -15,6 +15,14 @@ pub const MAX_REMOTE_CANDIDATES: usize = 16;
 /// Most paths through our relays checked per attempt.
 pub const MAX_RELAY_PATHS: usize = 8;
 
+/// Most relayed addresses of the peer checked per attempt. They have a cap of their own, apart
+/// from [`MAX_REMOTE_CANDIDATES`], so that direct candidates (sixteen predicted ports, say) can
+/// never crowd out the relay pair, and relays never crowd out direct candidates.
+pub const MAX_PEER_RELAYS: usize = 4;
+
+/// Most addresses learned from the peer's own checks (peer-reflexive) per attempt.
+pub const MAX_LEARNED: usize = 4;
+
 /// Which of the peer's candidates are worth a check.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TargetFilter {
@@ -98,33 +106,30 @@ pub struct PunchSchedule {
     config: PunchConfig,
     /// The peer may still trickle candidates: no targets yet is no reason to give up.
     more_coming: bool,
+    /// How many targets of each kind, each within its own cap.
+    direct: usize,
+    peer_relays: usize,
     relay_paths: usize,
+    learned: usize,
 }
 
 impl PunchSchedule {
     /// A schedule over the `remote` candidates a socket of `local`'s family can reach.
     pub fn new(remote: &[Candidate], local: SocketAddr, now: Instant, config: PunchConfig) -> Self {
-        let mut sorted: Vec<Candidate> = remote
-            .iter()
-            .copied()
-            .filter(|c| c.addr.is_ipv4() == local.is_ipv4() && c.addr.port() != 0)
-            .collect();
-        sorted.sort_by_key(|c| std::cmp::Reverse(c.priority));
-        let mut targets: Vec<SocketAddr> = Vec::new();
-        for c in sorted {
-            if !targets.contains(&c.addr) && targets.len() < MAX_REMOTE_CANDIDATES {
-                targets.push(c.addr);
-            }
-        }
-        PunchSchedule {
-            targets,
+        let mut schedule = PunchSchedule {
+            targets: Vec::new(),
             next_round: now,
             interval: config.first_interval,
             deadline: now + config.timeout,
             config,
             more_coming: false,
+            direct: 0,
+            peer_relays: 0,
             relay_paths: 0,
-        }
+            learned: 0,
+        };
+        schedule.add_candidates(remote, local);
+        schedule
     }
 
     /// The addresses this schedule checks.
@@ -133,17 +138,19 @@ impl PunchSchedule {
     }
 
     /// Adds a target learned on the way (the source of the peer's check); true when it is new
-    /// and should be checked now. Still bounded by [`MAX_REMOTE_CANDIDATES`] + 1.
+    /// and should be checked now. Bounded by [`MAX_LEARNED`].
     pub fn add_target(&mut self, addr: SocketAddr) -> bool {
-        if self.targets.contains(&addr) || self.targets.len() > MAX_REMOTE_CANDIDATES {
+        if self.targets.contains(&addr) || self.learned >= MAX_LEARNED {
             return false;
         }
         self.targets.push(addr);
+        self.learned += 1;
         true
     }
 
-    /// Adds candidates that arrived late (trickled), best first, within the cap; returns the
-    /// new targets, to be checked at once.
+    /// Adds candidates (at first, or late when trickled), best first, each kind within its
+    /// cap: direct ones within [`MAX_REMOTE_CANDIDATES`], the peer's relayed addresses within
+    /// [`MAX_PEER_RELAYS`]. Returns the new targets, to be checked at once.
     pub fn add_candidates(&mut self, remote: &[Candidate], local: SocketAddr) -> Vec<SocketAddr> {
         let mut sorted: Vec<Candidate> = remote
             .iter()
@@ -153,7 +160,16 @@ impl PunchSchedule {
         sorted.sort_by_key(|c| std::cmp::Reverse(c.priority));
         let mut added = Vec::new();
         for c in sorted {
-            if !self.targets.contains(&c.addr) && self.targets.len() < MAX_REMOTE_CANDIDATES {
+            if self.targets.contains(&c.addr) {
+                continue;
+            }
+            let (count, cap) = if c.kind == CandidateKind::Relay {
+                (&mut self.peer_relays, MAX_PEER_RELAYS)
+            } else {
+                (&mut self.direct, MAX_REMOTE_CANDIDATES)
+            };
+            if *count < cap {
+                *count += 1;
                 self.targets.push(c.addr);
                 added.push(c.addr);
             }
@@ -335,6 +351,41 @@ mod tests {
             .collect();
         let s = PunchSchedule::new(&many, local(), Instant::now(), PunchConfig::default());
         assert_eq!(s.targets().len(), MAX_REMOTE_CANDIDATES);
+    }
+
+    #[test]
+    fn direct_candidates_never_crowd_out_the_relay_pair() {
+        let t0 = Instant::now();
+        let predicted: Vec<Candidate> = (1..=MAX_REMOTE_CANDIDATES as u16)
+            .map(|p| {
+                kind(
+                    &format!("203.0.113.2:{}", 7000 + p),
+                    CandidateKind::Predicted,
+                )
+            })
+            .collect();
+        let mut s = PunchSchedule::new(&predicted, local(), t0, PunchConfig::default());
+        let paths: Vec<Candidate> = (1..=MAX_RELAY_PATHS as u16)
+            .map(|p| kind(&format!("250.0.0.1:{p}"), CandidateKind::Relay))
+            .collect();
+        assert_eq!(s.add_relay_paths(&paths).len(), MAX_RELAY_PATHS);
+        // The peer's relayed address trickles in last, and is still checked.
+        let relay = kind("203.0.113.9:49152", CandidateKind::Relay);
+        assert_eq!(s.add_candidates(&[relay], local()), vec![relay.addr]);
+        // As is what the peer's own checks teach us.
+        assert!(s.add_target("203.0.113.2:9999".parse().unwrap()));
+        assert_eq!(
+            s.targets().len(),
+            MAX_REMOTE_CANDIDATES + MAX_RELAY_PATHS + 2
+        );
+        // Relays have a cap of their own too.
+        let relays: Vec<Candidate> = (1..=10u16)
+            .map(|p| kind(&format!("203.0.113.9:{}", 50000 + p), CandidateKind::Relay))
+            .collect();
+        assert_eq!(
+            s.add_candidates(&relays, local()).len(),
+            MAX_PEER_RELAYS - 1
+        );
     }
 
     #[test]

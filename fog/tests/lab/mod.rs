@@ -27,17 +27,24 @@ pub fn start(host: &Host, args: &[&str], prefix: &str) -> ChildGuard {
 
 /// Runs `fog connect --json` to `peer` in `host`, killed after 30 s.
 pub fn connect(host: &Host, peer: &str) -> Output {
+    connect_with(host, peer, &[])
+}
+
+/// [`connect`] with more arguments, killed after 40 s.
+pub fn connect_with(host: &Host, peer: &str, more: &[&str]) -> Output {
     output_within(
-        host.command(FOG).args([
-            "connect",
-            peer,
-            "--signal",
-            SIGNAL,
-            "--json",
-            "--timeout",
-            "20",
-        ]),
-        Duration::from_secs(30),
+        host.command(FOG)
+            .args([
+                "connect",
+                peer,
+                "--signal",
+                SIGNAL,
+                "--json",
+                "--timeout",
+                "20",
+            ])
+            .args(more),
+        Duration::from_secs(40),
     )
     .unwrap_or_else(|e| panic!("{e}"))
 }
