@@ -4,7 +4,9 @@
 //! server's namespace and a dialing node in the dialer's, through `fog server` with an RFC 5780
 //! STUN server (and its TURN relay in the second table). Needs root, `ip` and `nft`.
 //!
-//! `--quick` does 2 connects per cell instead of 20. The bench exits non-zero when a pair that
+//! `--quick` does 2 connects per cell instead of 20; `--relay-only` runs only the second table;
+//! `--no-grace` dials without holding a relay pair that answers first (to measure what the
+//! grace brings). The bench exits non-zero when a pair that
 //! has a direct path did not take it every time (without a relay: at connect; with one: within
 //! 5 s of connecting), or when a connect with a relay failed.
 
@@ -34,11 +36,23 @@ struct Cell {
 }
 
 /// `runs` connects from a node running in `host`'s namespace (its NAT verdict already cached,
-/// as in a long-running node).
-fn connects(host: &Host, peer: String, runs: usize) -> Result<Cell> {
+/// as in a long-running node); a connection that starts on the relay gets up to `wait_direct`
+/// to move to a direct pair.
+fn connects(
+    host: &Host,
+    peer: String,
+    runs: usize,
+    grace: bool,
+    wait_direct: Duration,
+) -> Result<Cell> {
     host.run(move || async move {
+        let mut punch = fog::layers::PunchConfig::default();
+        if !grace {
+            punch.relay_grace = Duration::ZERO;
+        }
         let node = fog::Node::builder()
             .signal(SIGNAL)
+            .punch(punch)
             .bind()
             .await
             .map_err(|e| anyhow!("dialer node: {e}"))?;
@@ -54,7 +68,7 @@ fn connects(host: &Host, peer: String, runs: usize) -> Result<Cell> {
             if conn.path_kind() == fog::PathKind::Direct {
                 cell.direct_at_connect += 1;
                 cell.direct_within += 1;
-            } else if conn.wait_direct(DIRECT_WITHIN).await {
+            } else if conn.wait_direct(wait_direct).await {
                 cell.direct_within += 1;
             } else {
                 cell.relayed += 1;
@@ -101,6 +115,7 @@ fn matrix(
     fog: &Path,
     runs: usize,
     relay: bool,
+    grace: bool,
 ) -> Result<Vec<(NatBehaviour, NatBehaviour, Vec<Cell>)>> {
     let extra: &[&str] = if relay {
         &["--relay", RELAY, "--relay-max-rate", "0"]
@@ -128,7 +143,13 @@ fn matrix(
                     &["serve", "--signal", SIGNAL, "--name", &name],
                     "peer id:",
                 )?;
-                cells.push(connects(&dialer, name, runs)?);
+                // Where no direct path can exist there is nothing to wait for.
+                let wait = if direct_possible(a, b) {
+                    DIRECT_WITHIN
+                } else {
+                    Duration::ZERO
+                };
+                cells.push(connects(&dialer, name, runs, grace, wait)?);
             }
             rows.push((a, b, cells));
         }
@@ -137,21 +158,31 @@ fn matrix(
 }
 
 fn main() -> Result<()> {
-    let runs = if std::env::args().any(|a| a == "--quick") {
-        2
-    } else {
-        20
-    };
+    let flag = |name: &str| std::env::args().any(|a| a == name);
+    let runs = if flag("--quick") { 2 } else { 20 };
+    let grace = !flag("--no-grace");
     let fog = fog_binary()?;
     let mut short = Vec::new();
 
+    if !flag("--relay-only") {
+        direct_table(&fog, runs, grace, &mut short)?;
+    }
+    relay_table(&fog, runs, grace, &mut short)?;
+    if !short.is_empty() {
+        bail!("pairs short of their goal:\n{}", short.join("\n"));
+    }
+    Ok(())
+}
+
+/// The first table: no relay.
+fn direct_table(fog: &Path, runs: usize, grace: bool, short: &mut Vec<String>) -> Result<()> {
     println!("Without a relay: connect time of the connects that went direct (ms), out of {runs} per cell.");
     println!();
     println!(
         "| dialer NAT | server NAT | 0 ms: median / p95 | 25 ms one-way: median / p95 | direct |"
     );
     println!("| --- | --- | --- | --- | --- |");
-    for (a, b, cells) in matrix(&fog, runs, false)? {
+    for (a, b, cells) in matrix(fog, runs, false, grace)? {
         let direct: usize = cells.iter().map(|c| c.direct_at_connect).sum();
         let times = |c: &Cell| {
             if c.direct_at_connect > 0 {
@@ -174,12 +205,17 @@ fn main() -> Result<()> {
         }
     }
 
+    Ok(())
+}
+
+/// The second table: a relay on `fog server`, as deployed.
+fn relay_table(fog: &Path, runs: usize, grace: bool, short: &mut Vec<String>) -> Result<()> {
     println!();
     println!("With a relay (as deployed), out of {runs} per cell: direct at connect, direct within {} s of connecting, still relayed after that, failed; connect time of all that connected (ms).", DIRECT_WITHIN.as_secs());
     println!();
     println!("| dialer NAT | server NAT | 0 ms: at connect / within 5 s / relayed / failed | 0 ms: median / p95 | 25 ms: at connect / within 5 s / relayed / failed | 25 ms: median / p95 |");
     println!("| --- | --- | --- | --- | --- | --- |");
-    for (a, b, cells) in matrix(&fog, runs, true)? {
+    for (a, b, cells) in matrix(fog, runs, true, grace)? {
         let counts = |c: &Cell| {
             format!(
                 "{} / {} / {} / {}",
@@ -207,9 +243,6 @@ fn main() -> Result<()> {
                 ));
             }
         }
-    }
-    if !short.is_empty() {
-        bail!("pairs short of their goal:\n{}", short.join("\n"));
     }
     Ok(())
 }

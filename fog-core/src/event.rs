@@ -20,10 +20,16 @@ pub enum Event {
         /// Its name, when it registered one.
         name: Option<String>,
     },
-    /// The connection to the signal server broke.
-    SignalDisconnected {
+    /// The connection to the signal server broke; the node is connecting again. Live
+    /// connections are not touched (they do not need the signal server).
+    SignalLost {
         /// Why.
-        reason: String,
+        error: String,
+    },
+    /// The node is registered at a signal server again after [`Event::SignalLost`].
+    SignalRestored {
+        /// The server that took it.
+        url: String,
     },
     /// The NAT probe's verdict is new or changed.
     NatChanged {
@@ -169,22 +175,21 @@ mod tests {
     async fn subscribers_see_events_in_order() {
         let bus = EventBus::new();
         let mut rx = bus.subscribe();
-        bus.emit(Event::SignalDisconnected { reason: "a".into() });
-        bus.emit(Event::SignalDisconnected { reason: "b".into() });
+        bus.emit(Event::SignalLost { error: "a".into() });
+        bus.emit(Event::SignalLost { error: "b".into() });
         assert_eq!(
             rx.recv().await.unwrap(),
-            Event::SignalDisconnected { reason: "a".into() }
+            Event::SignalLost { error: "a".into() }
         );
         assert_eq!(
             rx.recv().await.unwrap(),
-            Event::SignalDisconnected { reason: "b".into() }
+            Event::SignalLost { error: "b".into() }
         );
     }
 
     #[test]
     fn events_serialize_with_a_tag() {
-        let json =
-            serde_json::to_string(&Event::SignalDisconnected { reason: "x".into() }).unwrap();
-        assert_eq!(json, r#"{"event":"signal_disconnected","reason":"x"}"#);
+        let json = serde_json::to_string(&Event::SignalLost { error: "x".into() }).unwrap();
+        assert_eq!(json, r#"{"event":"signal_lost","error":"x"}"#);
     }
 }

@@ -55,6 +55,59 @@ pub fn spawn_until_line_with_stderr(
     Ok((guard, line))
 }
 
+/// What a watched child printed, line by line, stdout and stderr together.
+pub struct Lines {
+    rx: std::sync::mpsc::Receiver<String>,
+}
+
+impl Lines {
+    /// Waits at most `timeout` for a line that starts with `prefix`, skipping the others;
+    /// returns the rest of it.
+    pub fn expect(&self, prefix: &str, timeout: Duration) -> Result<String, String> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return Ok(rest.trim().to_string());
+                    }
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "no line starting with {prefix:?} within {timeout:?}"
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Spawns `command` with stdout and stderr piped into one stream of [`Lines`], read on
+/// threads of their own, so the child never blocks on a full pipe.
+pub fn spawn_watched(command: &mut Command) -> Result<(ChildGuard, Lines), String> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let out_tx = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = out_tx.send(line);
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok((ChildGuard(child), Lines { rx }))
+}
+
 /// Runs `command` to completion with stdout and stderr captured; kills it when it runs over
 /// `timeout`.
 pub fn output_within(command: &mut Command, timeout: Duration) -> Result<Output, String> {

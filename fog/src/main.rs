@@ -194,9 +194,9 @@ impl RelayArgs {
 
 #[derive(Args)]
 struct NodeArgs {
-    /// Signal server URL.
+    /// Signal server URL; repeat it for more servers to fail over to.
     #[arg(long, default_value = "ws://127.0.0.1:7600/ws")]
-    signal: String,
+    signal: Vec<String>,
     /// Key file (created on first use, mode 0600). Without it the node uses a fresh key.
     #[arg(long)]
     key: Option<PathBuf>,
@@ -221,7 +221,10 @@ struct NodeArgs {
 
 impl NodeArgs {
     async fn bind(&self) -> Result<Node, BoxError> {
-        let mut builder = Node::builder().signal(&self.signal);
+        let mut builder = Node::builder();
+        for url in &self.signal {
+            builder = builder.signal(url);
+        }
         if let Some(protocol) = self.protocol {
             builder = builder.protocols([protocol]);
         }
@@ -420,6 +423,20 @@ async fn run(command: Command) -> Result<(), BoxError> {
             if let Some(name) = node.name() {
                 println!("name: {name}");
             }
+            let mut events = node.events();
+            tokio::spawn(async move {
+                use tokio::sync::broadcast::error::RecvError;
+                loop {
+                    match events.recv().await {
+                        Ok(Event::SignalLost { error }) => {
+                            eprintln!("signal lost: {error}; connecting again")
+                        }
+                        Ok(Event::SignalRestored { url }) => eprintln!("signal restored: {url}"),
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            });
             for spec in &expose {
                 println!("exposed: {spec}");
             }
@@ -445,7 +462,8 @@ async fn run(command: Command) -> Result<(), BoxError> {
                             eprintln!("connected: {} from {}", conn.peer_id(), conn.remote_addr());
                             tokio::spawn(services.clone().serve_connection(conn));
                         }
-                        None => break,
+                        // Never because something went away: a supervisor must see a failure.
+                        None => return Err("the node stopped taking connections".into()),
                     },
                     _ = tokio::signal::ctrl_c() => break,
                 }

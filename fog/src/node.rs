@@ -58,7 +58,7 @@ type StackFactory = Arc<dyn Fn(&StackParts) -> Stack + Send + Sync>;
 
 /// Builds a [`Node`].
 pub struct NodeBuilder {
-    signal: Option<String>,
+    signal: Vec<String>,
     name: Option<String>,
     identity: Option<Identity>,
     key_file: Option<PathBuf>,
@@ -76,7 +76,7 @@ pub struct NodeBuilder {
 impl Default for NodeBuilder {
     fn default() -> Self {
         NodeBuilder {
-            signal: None,
+            signal: Vec::new(),
             name: None,
             identity: None,
             key_file: None,
@@ -101,9 +101,11 @@ impl Default for NodeBuilder {
 }
 
 impl NodeBuilder {
-    /// The signal server, for example `ws://127.0.0.1:7600/ws`.
+    /// The signal server, for example `ws://127.0.0.1:7600/ws`. Call it again for more
+    /// servers: the node registers at the first that accepts, and when its connection breaks
+    /// it registers again at the next (see [`SignalClient`]).
     pub fn signal(mut self, url: impl Into<String>) -> Self {
-        self.signal = Some(url.into());
+        self.signal.push(url.into());
         self
     }
 
@@ -200,7 +202,9 @@ impl NodeBuilder {
 
     /// Binds the socket, registers at the signal server and starts answering offers.
     pub async fn bind(self) -> Result<Node, NodeError> {
-        let signal = self.signal.clone().ok_or(NodeError::NoSignal)?;
+        if self.signal.is_empty() {
+            return Err(NodeError::NoSignal);
+        }
         let identity = match (&self.identity, &self.key_file) {
             (Some(identity), _) => identity.clone(),
             (None, Some(path)) => Identity::load_or_generate(path)?,
@@ -221,10 +225,14 @@ impl NodeBuilder {
         let sctp = SctpTransport::new(socket.clone(), identity.clone());
         let udp = UdpTransport::new(socket.clone(), transport.clone());
         let (signal_client, offers) =
-            SignalClient::connect(&signal, &identity, self.name.clone(), events.clone()).await?;
+            SignalClient::connect_any(&self.signal, &identity, self.name.clone(), events.clone())
+                .await?;
         let stun = match self.stun.clone() {
             Some(servers) => servers,
-            None => announced_stun(&signal, &signal_client.registration().stun).await,
+            None => {
+                let registration = signal_client.registration();
+                announced_stun(&registration.url, &registration.stun).await
+            }
         };
         let nat = (!stun.is_empty())
             .then(|| NatCache::new(ProbeConfig::new(stun), self.nat_refresh, events.clone()));

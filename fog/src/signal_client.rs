@@ -36,6 +36,8 @@ pub struct IncomingOffer {
 /// What the server said when it accepted the registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Registration {
+    /// The signal server that accepted it.
+    pub url: String,
     /// This node.
     pub peer: PeerId,
     /// The name bound to it.
@@ -67,7 +69,6 @@ struct Pending {
     grants: HashMap<u64, oneshot::Sender<Result<Vec<RelayGrant>, ConnectError>>>,
     next_request: u64,
     trickles: HashMap<String, TrickleEntry>,
-    closed: Option<String>,
 }
 
 impl Pending {
@@ -96,25 +97,46 @@ impl Pending {
     }
 }
 
+/// How often the node pings the signal server.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+/// A signal connection that has not been heard from for this long (no answer to two pings'
+/// worth of time) is dead, and is made again.
+pub const SILENT_FOR: Duration = Duration::from_secs(25);
+/// First wait before connecting again after the signal connection broke; it doubles (with
+/// jitter) up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest wait between two tries to reach a signal server again.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long an offer or a relay-credential request waits for a broken signal connection to
+/// come back before it fails with "signal unreachable".
+const LINK_WAIT: Duration = Duration::from_secs(10);
+
+/// Where messages to the signal server go while it is connected; `None` while it is not.
+type Link = Option<mpsc::UnboundedSender<ClientMessage>>;
+
 struct Inner {
-    out: mpsc::UnboundedSender<ClientMessage>,
+    link: watch::Sender<Link>,
     pending: Mutex<Pending>,
     registration: Registration,
-    reader: tokio::task::JoinHandle<()>,
-    writer: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.reader.abort();
-        self.writer.abort();
-    }
-}
-
-/// A registered connection to the signal server. Cheap to clone.
+/// A registered connection to the signal server that heals: it pings the server, notices a
+/// dead or closed connection, and connects and registers again (with the same key and name,
+/// to the next of its servers, with capped exponential backoff and jitter) for as long as the
+/// client lives. Cheap to clone.
 #[derive(Clone)]
 pub struct SignalClient {
     inner: Arc<Inner>,
+    _supervisor: Arc<AbortOnDrop>,
+}
+
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn refused(code: ErrorCode, message: String) -> ConnectError {
@@ -123,6 +145,90 @@ fn refused(code: ErrorCode, message: String) -> ConnectError {
         ErrorCode::PeerOffline => ConnectError::PeerOffline(message),
         _ => ConnectError::SignalRefused(message),
     }
+}
+
+type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a WebSocket to `url` and registers `identity` (and `name`) on it.
+async fn register(
+    url: &str,
+    identity: &Identity,
+    name: Option<String>,
+) -> Result<(WebSocket, Registration), ConnectError> {
+    let unreachable = |e: String| ConnectError::SignalUnreachable(format!("{url}: {e}"));
+    let (mut ws, _) = tokio::time::timeout(REGISTER_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .map_err(|_| unreachable("no answer within 5 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    let registration = tokio::time::timeout(REGISTER_TIMEOUT, async {
+        let nonce = match next_message(&mut ws).await? {
+            ServerMessage::Challenge { nonce, .. } => fog_core::hex::decode(&nonce)
+                .ok_or_else(|| unreachable("malformed challenge".into()))?,
+            other => return Err(unreachable(format!("expected a challenge, got {other:?}"))),
+        };
+        let peer = identity.peer_id();
+        let signature = identity.sign(&registration_message(&nonce, &peer));
+        let register = ClientMessage::Register {
+            peer,
+            name: name.clone(),
+            signature: fog_core::hex::encode(&signature),
+        };
+        ws.send(Message::Text(to_json(&register)))
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        match next_message(&mut ws).await? {
+            ServerMessage::Registered {
+                peer,
+                name,
+                stun,
+                relays,
+            } => Ok(Registration {
+                url: url.to_string(),
+                peer,
+                name,
+                stun,
+                relays,
+            }),
+            ServerMessage::Error { code, message, .. } => Err(ConnectError::SignalRefused(
+                format!("registration refused ({code:?}): {message}"),
+            )),
+            other => Err(unreachable(format!("unexpected reply {other:?}"))),
+        }
+    })
+    .await
+    .map_err(|_| unreachable("registration not answered within 5 s".into()))??;
+    Ok((ws, registration))
+}
+
+/// Registers at the first of `urls` (from `start` on, in turn) that accepts; a refusal (a
+/// name held by another key) ends the round at once.
+async fn register_any(
+    urls: &[String],
+    start: usize,
+    identity: &Identity,
+    name: &Option<String>,
+) -> Result<(WebSocket, Registration, usize), ConnectError> {
+    let mut last = ConnectError::SignalUnreachable("no signal server given".into());
+    for k in 0..urls.len() {
+        let index = (start + k) % urls.len();
+        match register(&urls[index], identity, name.clone()).await {
+            Ok((ws, registration)) => return Ok((ws, registration, index)),
+            Err(e @ ConnectError::SignalRefused(_)) => return Err(e),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// The wait before the `attempt`-th try to connect again: doubling from [`FIRST_BACKOFF`] up
+/// to [`MAX_BACKOFF`], with up to a quarter of it as random jitter, so that the nodes of a
+/// server that restarts do not all come back at the same instant.
+fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = FIRST_BACKOFF
+        .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+        .min(MAX_BACKOFF);
+    base.mul_f64(0.75 + 0.25 * jitter.clamp(0.0, 1.0))
 }
 
 impl SignalClient {
@@ -134,109 +240,61 @@ impl SignalClient {
         name: Option<String>,
         events: EventBus,
     ) -> Result<(SignalClient, mpsc::Receiver<IncomingOffer>), ConnectError> {
-        let unreachable = |e: String| ConnectError::SignalUnreachable(format!("{url}: {e}"));
-        let (ws, _) = tokio::time::timeout(REGISTER_TIMEOUT, tokio_tungstenite::connect_async(url))
-            .await
-            .map_err(|_| unreachable("no answer within 5 s".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
-        let (mut sink, mut source) = ws.split();
+        Self::connect_any(&[url.to_string()], identity, name, events).await
+    }
 
-        let registration = tokio::time::timeout(REGISTER_TIMEOUT, async {
-            let nonce = match next_message(&mut source).await? {
-                ServerMessage::Challenge { nonce, .. } => fog_core::hex::decode(&nonce)
-                    .ok_or_else(|| unreachable("malformed challenge".into()))?,
-                other => return Err(unreachable(format!("expected a challenge, got {other:?}"))),
-            };
-            let peer = identity.peer_id();
-            let signature = identity.sign(&registration_message(&nonce, &peer));
-            let register = ClientMessage::Register {
-                peer,
-                name: name.clone(),
-                signature: fog_core::hex::encode(&signature),
-            };
-            sink.send(Message::Text(to_json(&register)))
-                .await
-                .map_err(|e| unreachable(e.to_string()))?;
-            match next_message(&mut source).await? {
-                ServerMessage::Registered {
-                    peer,
-                    name,
-                    stun,
-                    relays,
-                } => Ok(Registration {
-                    peer,
-                    name,
-                    stun,
-                    relays,
-                }),
-                ServerMessage::Error { code, message, .. } => Err(ConnectError::SignalRefused(
-                    format!("registration refused ({code:?}): {message}"),
-                )),
-                other => Err(unreachable(format!("unexpected reply {other:?}"))),
-            }
-        })
-        .await
-        .map_err(|_| unreachable("registration not answered within 5 s".into()))??;
+    /// Registers at the first of `urls` that accepts, and fails over between them whenever
+    /// the connection breaks. Fails when none accepts now, or one refuses the registration.
+    pub async fn connect_any(
+        urls: &[String],
+        identity: &Identity,
+        name: Option<String>,
+        events: EventBus,
+    ) -> Result<(SignalClient, mpsc::Receiver<IncomingOffer>), ConnectError> {
+        let (ws, registration, index) = register_any(urls, 0, identity, &name).await?;
         events.emit(Event::Registered {
             peer: registration.peer,
             name: registration.name.clone(),
         });
-
-        let (out, mut out_rx) = mpsc::unbounded_channel::<ClientMessage>();
-        let writer = tokio::spawn(async move {
-            while let Some(message) = out_rx.recv().await {
-                if sink.send(Message::Text(to_json(&message))).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sink.close().await;
+        let (link, _) = watch::channel(None);
+        let inner = Arc::new(Inner {
+            link,
+            pending: Mutex::new(Pending::default()),
+            registration,
         });
         let (offers_tx, offers_rx) = mpsc::channel(64);
-        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<Inner>| {
-            let weak = weak.clone();
-            let reader = tokio::spawn(async move {
-                let reason = loop {
-                    let message = match source.next().await {
-                        Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
-                            Ok(message) => message,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "unreadable signal message");
-                                continue;
-                            }
-                        },
-                        Some(Ok(Message::Close(_))) | None => {
-                            break "the signal server closed the connection".to_string()
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => break e.to_string(),
-                    };
-                    let Some(inner) = weak.upgrade() else { return };
-                    inner.dispatch(message, &offers_tx).await;
-                };
-                if let Some(inner) = weak.upgrade() {
-                    inner.fail_all(&reason);
-                }
-                events.emit(Event::SignalDisconnected { reason });
-            });
-            Inner {
-                out,
-                pending: Mutex::new(Pending::default()),
-                registration,
-                reader,
-                writer,
-            }
-        });
-        Ok((SignalClient { inner }, offers_rx))
+        let supervisor = tokio::spawn(supervise(
+            Arc::downgrade(&inner),
+            ws,
+            index,
+            urls.to_vec(),
+            identity.clone(),
+            name,
+            events,
+            offers_tx,
+        ));
+        Ok((
+            SignalClient {
+                inner,
+                _supervisor: Arc::new(AbortOnDrop(supervisor)),
+            },
+            offers_rx,
+        ))
     }
 
-    /// What the server said at registration.
+    /// What the server said at the first registration.
     pub fn registration(&self) -> &Registration {
         &self.inner.registration
     }
 
+    /// Whether the node is registered at a signal server right now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.link.borrow().is_some()
+    }
+
     /// Refuses `to`'s offer for `session`, so the dialer fails at once instead of timing out.
     pub fn reject(&self, to: PeerId, session: &SessionKeys, reason: &str) {
-        let _ = self.inner.out.send(ClientMessage::Reject {
+        let _ = self.inner.send(ClientMessage::Reject {
             to,
             session: session.id_hex(),
             reason: reason.to_string(),
@@ -244,14 +302,119 @@ impl SignalClient {
     }
 }
 
+/// Keeps the node registered for as long as the client lives: runs the connection it is
+/// given, and when it breaks, fails what waited on it, says so, and registers again.
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    inner: std::sync::Weak<Inner>,
+    mut ws: WebSocket,
+    mut index: usize,
+    urls: Vec<String>,
+    identity: Identity,
+    name: Option<String>,
+    events: EventBus,
+    offers: mpsc::Sender<IncomingOffer>,
+) {
+    loop {
+        let (out, mut out_rx) = mpsc::unbounded_channel();
+        match inner.upgrade() {
+            Some(inner) => inner.link.send_replace(Some(out)),
+            None => return,
+        };
+        let error = run_connection(ws, &mut out_rx, &inner, &offers).await;
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        strong.link.send_replace(None);
+        strong.fail_all(&error);
+        drop(strong);
+        tracing::warn!(%error, "signal connection lost");
+        events.emit(Event::SignalLost { error });
+        let mut attempt = 0u32;
+        loop {
+            tokio::time::sleep(backoff(attempt, rand::random::<f64>())).await;
+            attempt = attempt.saturating_add(1);
+            if inner.strong_count() == 0 {
+                return;
+            }
+            match register_any(&urls, index + 1, &identity, &name).await {
+                Ok((fresh, registration, at)) => {
+                    ws = fresh;
+                    index = at;
+                    tracing::info!(url = %registration.url, "signal connection restored");
+                    events.emit(Event::SignalRestored {
+                        url: registration.url,
+                    });
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, attempt, "signal server not reached again yet")
+                }
+            }
+        }
+    }
+}
+
+/// Carries one registered connection until it breaks: messages out, messages in, and pings.
+/// Returns why it ended.
+async fn run_connection(
+    ws: WebSocket,
+    out: &mut mpsc::UnboundedReceiver<ClientMessage>,
+    inner: &std::sync::Weak<Inner>,
+    offers: &mpsc::Sender<IncomingOffer>,
+) -> String {
+    let (mut sink, mut source) = ws.split();
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            message = source.next() => {
+                heard = tokio::time::Instant::now();
+                let message = match message {
+                    Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
+                        Ok(message) => message,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "unreadable signal message");
+                            continue;
+                        }
+                    },
+                    Some(Ok(Message::Close(_))) | None => {
+                        return "the signal server closed the connection".to_string()
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return e.to_string(),
+                };
+                let Some(inner) = inner.upgrade() else {
+                    return "the node stopped".to_string();
+                };
+                inner.dispatch(message, offers).await;
+            }
+            message = out.recv() => {
+                let Some(message) = message else {
+                    return "the node stopped".to_string();
+                };
+                if let Err(e) = sink.send(Message::Text(to_json(&message))).await {
+                    return e.to_string();
+                }
+            }
+            _ = ping.tick() => {
+                if let Err(e) = sink.send(Message::Ping(Vec::new())).await {
+                    return e.to_string();
+                }
+            }
+            _ = tokio::time::sleep_until(heard + SILENT_FOR) => {
+                return format!("no word from the signal server for {} s", SILENT_FOR.as_secs());
+            }
+        }
+    }
+}
+
 fn to_json(message: &ClientMessage) -> String {
     serde_json::to_string(message).expect("client messages serialize")
 }
 
-async fn next_message<S>(source: &mut S) -> Result<ServerMessage, ConnectError>
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
+async fn next_message(source: &mut WebSocket) -> Result<ServerMessage, ConnectError> {
     loop {
         match source.next().await {
             Some(Ok(Message::Text(text))) => {
@@ -305,7 +468,7 @@ impl Inner {
                             .await;
                     }
                     None => {
-                        let _ = self.out.send(ClientMessage::Reject {
+                        let _ = self.send(ClientMessage::Reject {
                             to: from,
                             session,
                             reason: "malformed session keys in the offer".into(),
@@ -374,15 +537,65 @@ impl Inner {
         }
     }
 
+    /// Sends `message` on the signal connection; fails while there is none.
+    fn send(&self, message: ClientMessage) -> Result<(), ConnectError> {
+        match &*self.link.borrow() {
+            Some(out) => out
+                .send(message)
+                .map_err(|_| ConnectError::SignalUnreachable("signal connection closed".into())),
+            None => Err(ConnectError::SignalUnreachable(
+                "not connected to a signal server (reconnecting)".into(),
+            )),
+        }
+    }
+
+    /// Waits (within [`LINK_WAIT`]) for the signal connection to be up.
+    async fn connected(&self) -> Result<(), ConnectError> {
+        let mut link = self.link.subscribe();
+        let up = tokio::time::timeout(LINK_WAIT, async {
+            link.wait_for(|l| l.is_some()).await.is_ok()
+        })
+        .await;
+        if up == Ok(true) {
+            return Ok(());
+        }
+        Err(ConnectError::SignalUnreachable(format!(
+            "no signal server reached within {} s",
+            LINK_WAIT.as_secs()
+        )))
+    }
+
+    /// The connection broke: whatever waited on an answer from it fails now.
     fn fail_all(&self, reason: &str) {
         let mut pending = self.pending();
-        pending.closed = Some(reason.to_string());
         for (_, tx) in pending.answers.drain() {
             let _ = tx.send(Err(ConnectError::SignalUnreachable(reason.to_string())));
         }
         for (_, tx) in pending.grants.drain() {
             let _ = tx.send(Err(ConnectError::SignalUnreachable(reason.to_string())));
         }
+    }
+}
+
+impl Inner {
+    /// Sends an offer and registers who waits for its answer.
+    fn queue_offer(
+        &self,
+        target: &PeerRef,
+        session_hex: &str,
+        body: SessionDescription,
+    ) -> Result<oneshot::Receiver<Result<AnswerFrom, ConnectError>>, ConnectError> {
+        let (tx, rx) = oneshot::channel();
+        self.pending().answers.insert(session_hex.to_string(), tx);
+        self.send(ClientMessage::Offer {
+            to: target.to_string(),
+            session: session_hex.to_string(),
+            body,
+        })
+        .inspect_err(|_| {
+            self.pending().answers.remove(session_hex);
+        })?;
+        Ok(rx)
     }
 }
 
@@ -393,36 +606,22 @@ impl Signaller for SignalClient {
         session: SessionKeys,
         body: SessionDescription,
     ) -> BoxFuture<'static, Result<AnswerFrom, ConnectError>> {
-        // Queued at once, not when first polled: trickled candidates sent after this call
-        // must reach the server after the offer.
+        // Queued at once when connected, not when first polled: trickled candidates sent after
+        // this call must reach the server after the offer. While the signal connection is
+        // being made again, the offer waits for it.
         let inner = self.inner.clone();
         let session_hex = session.id_hex();
-        let (tx, rx) = oneshot::channel();
-        let queued = {
-            let mut pending = inner.pending();
-            match &pending.closed {
-                Some(reason) => Err(ConnectError::SignalUnreachable(reason.clone())),
-                None => {
-                    pending.answers.insert(session_hex.clone(), tx);
-                    Ok(())
-                }
-            }
-        }
-        .and_then(|()| {
-            inner
-                .out
-                .send(ClientMessage::Offer {
-                    to: target.to_string(),
-                    session: session_hex.clone(),
-                    body,
-                })
-                .map_err(|_| {
-                    inner.pending().answers.remove(&session_hex);
-                    ConnectError::SignalUnreachable("signal connection closed".into())
-                })
-        });
+        let queued = self
+            .is_connected()
+            .then(|| inner.queue_offer(&target, &session_hex, body.clone()));
         Box::pin(async move {
-            queued?;
+            let rx = match queued {
+                Some(queued) => queued?,
+                None => {
+                    inner.connected().await?;
+                    inner.queue_offer(&target, &session_hex, body)?
+                }
+            };
             match tokio::time::timeout(ANSWER_TIMEOUT, rx).await {
                 Ok(Ok(result)) => result,
                 Ok(Err(_)) => Err(ConnectError::Shutdown),
@@ -442,14 +641,12 @@ impl Signaller for SignalClient {
         session: SessionKeys,
         body: SessionDescription,
     ) -> BoxFuture<'static, Result<(), ConnectError>> {
-        let sent = self.inner.out.send(ClientMessage::Answer {
+        let sent = self.inner.send(ClientMessage::Answer {
             to,
             session: session.id_hex(),
             body,
         });
-        Box::pin(async move {
-            sent.map_err(|_| ConnectError::SignalUnreachable("signal connection closed".into()))
-        })
+        Box::pin(async move { sent })
     }
 
     fn trickle(
@@ -459,15 +656,13 @@ impl Signaller for SignalClient {
         candidates: Vec<Candidate>,
         done: bool,
     ) -> BoxFuture<'static, Result<(), ConnectError>> {
-        let sent = self.inner.out.send(ClientMessage::Candidates {
+        let sent = self.inner.send(ClientMessage::Candidates {
             to: to.to_string(),
             session: session.id_hex(),
             candidates,
             done,
         });
-        Box::pin(async move {
-            sent.map_err(|_| ConnectError::SignalUnreachable("signal connection closed".into()))
-        })
+        Box::pin(async move { sent })
     }
 
     fn relay_credentials(
@@ -476,26 +671,22 @@ impl Signaller for SignalClient {
     ) -> BoxFuture<'static, Result<Vec<RelayGrant>, ConnectError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
+            inner.connected().await?;
             let (tx, rx) = oneshot::channel();
             let id = {
                 let mut pending = inner.pending();
-                if let Some(reason) = &pending.closed {
-                    return Err(ConnectError::SignalUnreachable(reason.clone()));
-                }
                 pending.next_request += 1;
                 let id = pending.next_request;
                 pending.grants.insert(id, tx);
                 id
             };
-            let sent = inner.out.send(ClientMessage::RelayCredentials {
+            let sent = inner.send(ClientMessage::RelayCredentials {
                 id,
                 peer: peer.to_string(),
             });
-            if sent.is_err() {
+            if let Err(e) = sent {
                 inner.pending().grants.remove(&id);
-                return Err(ConnectError::SignalUnreachable(
-                    "signal connection closed".into(),
-                ));
+                return Err(e);
             }
             match tokio::time::timeout(REGISTER_TIMEOUT, rx).await {
                 Ok(Ok(result)) => result,
@@ -514,5 +705,24 @@ impl Signaller for SignalClient {
     ) -> Option<watch::Receiver<CandidateList>> {
         let mut pending = self.inner.pending();
         Some(pending.trickle_entry(&session.id_hex()).tx.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap_with_at_most_a_quarter_of_jitter() {
+        assert_eq!(backoff(0, 1.0), FIRST_BACKOFF);
+        assert_eq!(backoff(1, 1.0), FIRST_BACKOFF * 2);
+        assert_eq!(backoff(3, 1.0), FIRST_BACKOFF * 8);
+        assert_eq!(backoff(20, 1.0), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX, 1.0), MAX_BACKOFF);
+        assert_eq!(backoff(20, 0.0), MAX_BACKOFF.mul_f64(0.75));
+        for attempt in 0..40 {
+            let wait = backoff(attempt, 0.5);
+            assert!(wait <= MAX_BACKOFF && wait >= FIRST_BACKOFF.mul_f64(0.75));
+        }
     }
 }
