@@ -32,6 +32,10 @@ pub enum ConnectError {
         /// Theirs, comma separated.
         theirs: String,
     },
+    /// A name answered with another key than the one this node knew it by (its known
+    /// peers), and the node was not told to accept a new one.
+    #[error("{0}")]
+    NameKeyChanged(String),
     /// The transport handshake failed: wrong key, bad certificate, or refused.
     #[error("handshake refused: {0}")]
     HandshakeRefused(String),
@@ -63,6 +67,7 @@ impl ConnectError {
             ConnectError::NoPath(_) => "no path",
             ConnectError::NoCommonProtocol { .. } => "no common protocol",
             ConnectError::HandshakeRefused(_) => "handshake refused",
+            ConnectError::NameKeyChanged(_) => "name key changed",
             ConnectError::Timeout(_) => "timeout",
             ConnectError::MissingInput { .. } => "misconfigured stack",
             ConnectError::Shutdown => "shut down",

@@ -161,8 +161,16 @@ impl Identity {
                 .ok_or_else(|| IdentityError::KeyFormat(path.display().to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let identity = Self::generate();
-                identity.save(path).map_err(file_error)?;
-                Ok(identity)
+                match identity.save(path) {
+                    Ok(()) => Ok(identity),
+                    // Another process made it first: its key is the one.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let bytes = std::fs::read(path).map_err(file_error)?;
+                        Self::decode_key_file(&bytes)
+                            .ok_or_else(|| IdentityError::KeyFormat(path.display().to_string()))
+                    }
+                    Err(e) => Err(file_error(e)),
+                }
             }
             Err(e) => Err(file_error(e)),
         }
@@ -173,7 +181,10 @@ impl Identity {
         Some(Self::from_secret_bytes(crate::hex::decode_array(text)?))
     }
 
-    /// Writes the secret key to a new file at `path`, readable only by its owner.
+    /// Writes the secret key to a new file at `path`, readable only by its owner. The file
+    /// appears whole or not at all (written beside it, then linked into place), and an
+    /// existing file is never replaced (`AlreadyExists`), so two processes that create the
+    /// same key file at once end up with one key.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         use std::io::Write;
         if let Some(parent) = path.parent() {
@@ -181,6 +192,13 @@ impl Identity {
                 std::fs::create_dir_all(parent)?;
             }
         }
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(
+            ".{}.{:016x}.tmp",
+            std::process::id(),
+            rand_suffix()
+        ));
+        let temporary = path.with_file_name(name);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
@@ -188,10 +206,15 @@ impl Identity {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let mut file = options.open(path)?;
-        let text = crate::hex::encode(&self.key.to_bytes());
-        file.write_all(format!("{text}\n").as_bytes())?;
-        file.sync_all()
+        let written = (|| {
+            let mut file = options.open(&temporary)?;
+            let text = crate::hex::encode(&self.key.to_bytes());
+            file.write_all(format!("{text}\n").as_bytes())?;
+            file.sync_all()?;
+            std::fs::hard_link(&temporary, path)
+        })();
+        let _ = std::fs::remove_file(&temporary);
+        written
     }
 
     /// This node's peer id.
@@ -218,6 +241,12 @@ impl Identity {
             .as_bytes()
             .to_vec()
     }
+}
+
+/// A random number for temporary file names.
+fn rand_suffix() -> u64 {
+    use rand::RngCore;
+    rand::rngs::OsRng.next_u64()
 }
 
 #[cfg(test)]
@@ -267,6 +296,29 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn processes_that_create_one_key_file_at_once_get_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("key");
+        let ids: Vec<PeerId> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Identity::load_or_generate(&path).unwrap().peer_id()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+        assert_eq!(Identity::load_or_generate(&path).unwrap().peer_id(), ids[0]);
+        // No temporary files are left beside it.
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
+        assert_eq!(
+            Identity::generate().save(&path).unwrap_err().kind(),
+            std::io::ErrorKind::AlreadyExists
+        );
     }
 
     #[test]

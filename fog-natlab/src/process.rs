@@ -62,21 +62,29 @@ pub struct Lines {
 
 impl Lines {
     /// Waits at most `timeout` for a line that starts with `prefix`, skipping the others;
-    /// returns the rest of it.
+    /// returns the rest of it, or (when the time ran out or the child closed its output) the
+    /// lines it skipped.
     pub fn expect(&self, prefix: &str, timeout: Duration) -> Result<String, String> {
         let until = std::time::Instant::now() + timeout;
+        let mut skipped = Vec::new();
         loop {
             let left = until.saturating_duration_since(std::time::Instant::now());
             match self.rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return Ok(rest.trim().to_string());
-                    }
-                }
-                Err(_) => {
+                Ok(line) => match line.strip_prefix(prefix) {
+                    Some(rest) => return Ok(rest.trim().to_string()),
+                    None => skipped.push(line),
+                },
+                Err(e) => {
+                    let why = match e {
+                        std::sync::mpsc::RecvTimeoutError::Timeout => "within",
+                        std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                            "before it ended, within"
+                        }
+                    };
                     return Err(format!(
-                        "no line starting with {prefix:?} within {timeout:?}"
-                    ))
+                        "no line starting with {prefix:?} {why} {timeout:?}; it printed:\n{}",
+                        skipped.join("\n")
+                    ));
                 }
             }
         }

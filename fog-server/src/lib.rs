@@ -18,6 +18,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod names;
 pub mod relay;
 mod session;
 mod state;
@@ -47,6 +48,11 @@ pub struct SignalConfig {
     /// How long granted relay credentials stay valid. An allocation is refreshed with the same
     /// credentials, so this should be at least the relay's maximum allocation lifetime.
     pub relay_credential_ttl: std::time::Duration,
+    /// Where the name table is kept across restarts (`names.json` in it); `None` keeps names
+    /// in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
+    /// How long a name stays with a key that is not registered before another key may take it.
+    pub name_ttl: std::time::Duration,
 }
 
 /// Default validity of relay credentials: the default maximum allocation lifetime and a margin.
@@ -60,6 +66,8 @@ impl Default for SignalConfig {
             relays: Vec::new(),
             relay_secret: None,
             relay_credential_ttl: RELAY_CREDENTIAL_TTL,
+            state_dir: None,
+            name_ttl: names::NAME_TTL,
         }
     }
 }
@@ -73,8 +81,17 @@ pub struct SignalServer {
 }
 
 impl SignalServer {
-    /// Binds the listener and starts serving in the background.
+    /// Binds the listener and starts serving in the background. Fails when the state
+    /// directory's name table cannot be read.
     pub async fn bind(config: SignalConfig) -> std::io::Result<Self> {
+        let names = match &config.state_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                names::Names::load(dir, config.name_ttl)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
+            }
+            None => names::Names::new(config.name_ttl),
+        };
         let listener = TcpListener::bind(config.listen).await?;
         let local = listener.local_addr()?;
         let state = Arc::new(State::new(
@@ -83,8 +100,11 @@ impl SignalServer {
             config
                 .relay_secret
                 .map(|secret| (secret, config.relay_credential_ttl)),
+            names,
+            config.state_dir,
         ));
         let (stop, stopped) = watch::channel(false);
+        tokio::spawn(keep_names(state.clone(), stopped.clone()));
         let task = tokio::spawn(accept_loop(listener, state.clone(), stopped));
         tracing::info!(%local, "signal server listening");
         Ok(SignalServer {
@@ -125,6 +145,25 @@ impl SignalServer {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// How often names unused for their time are released and the table's times are saved.
+const NAME_UPKEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Releases expired names and saves the table now and then, and once more when the server
+/// stops.
+async fn keep_names(state: Arc<State>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(NAME_UPKEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => state.name_upkeep(),
+            _ = stopped.changed() => {
+                state.name_upkeep();
+                return;
+            }
+        }
     }
 }
 

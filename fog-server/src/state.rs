@@ -8,6 +8,7 @@ use fog_core::signal::{ErrorCode, RelayGrant, ServerMessage};
 use fog_core::{PeerId, PeerRef};
 use tokio::sync::mpsc;
 
+use crate::names::{unix_now, Claim, Names};
 use crate::relay::RelaySecret;
 
 /// A route to one connected session.
@@ -32,7 +33,9 @@ struct OpenOffer {
 #[derive(Default)]
 struct Tables {
     online: HashMap<PeerId, Route>,
-    names: HashMap<String, PeerId>,
+    names: Names,
+    /// Times in `names` changed since the table was last saved.
+    names_dirty: bool,
     known: HashSet<PeerId>,
     offers: HashMap<String, OpenOffer>,
 }
@@ -40,6 +43,11 @@ struct Tables {
 /// Everything the server knows. Names stay bound to their key after the peer goes offline.
 pub struct State {
     tables: Mutex<Tables>,
+    /// Where the name table is saved.
+    state_dir: Option<std::path::PathBuf>,
+    /// Held while the table is written; taken before the tables' lock is let go, so that the
+    /// newest table is always written last.
+    saving: Mutex<()>,
     stun: Vec<String>,
     relays: Vec<String>,
     relay_secret: Option<(RelaySecret, Duration)>,
@@ -56,9 +64,18 @@ impl State {
         stun: Vec<String>,
         relays: Vec<String>,
         relay_secret: Option<(RelaySecret, Duration)>,
+        names: Names,
+        state_dir: Option<std::path::PathBuf>,
     ) -> Self {
+        let known = names.holders().collect();
         State {
-            tables: Mutex::new(Tables::default()),
+            tables: Mutex::new(Tables {
+                names,
+                known,
+                ..Tables::default()
+            }),
+            state_dir,
+            saving: Mutex::new(()),
             stun,
             relays,
             relay_secret,
@@ -118,6 +135,7 @@ impl State {
         tx: mpsc::Sender<ServerMessage>,
     ) -> Result<(), RouteError> {
         let mut tables = self.tables();
+        let mut bound = false;
         if let Some(name) = &name {
             if let Err(message) = fog_core::attempt::validate_name(name) {
                 return Err(RouteError {
@@ -125,22 +143,55 @@ impl State {
                     message,
                 });
             }
-            match tables.names.get(name) {
-                Some(owner) if *owner != peer => {
+            let Tables { names, online, .. } = &mut *tables;
+            match names.claim(name, peer, unix_now(), |p| online.contains_key(p)) {
+                Claim::Taken => {
                     return Err(RouteError {
                         code: ErrorCode::NameTaken,
                         message: format!("the name {name:?} is held by another key"),
                     })
                 }
-                _ => {
-                    tables.names.insert(name.clone(), peer);
-                }
+                Claim::Held => tables.names_dirty = true,
+                Claim::Bound => bound = true,
             }
         }
         tables.known.insert(peer);
         // A newer session of the same key replaces the older one.
         tables.online.insert(peer, Route { session, name, tx });
+        if bound {
+            // Saved before the node hears it has the name, so a restart cannot lose it.
+            tables.names_dirty = false;
+            self.save_names(tables);
+        }
         Ok(())
+    }
+
+    /// Saves the name table under the state directory (when there is one). A failure is
+    /// logged, not fatal: the names stay bound in memory.
+    fn save_names(&self, tables: std::sync::MutexGuard<'_, Tables>) {
+        let Some(dir) = &self.state_dir else { return };
+        let json = tables.names.to_json();
+        let _saving = self.saving.lock().unwrap_or_else(|e| e.into_inner());
+        drop(tables);
+        if let Err(e) = crate::names::save(dir, &json) {
+            tracing::error!(error = %e, "cannot save the name table");
+        }
+    }
+
+    /// Releases names unused for their time and saves the table if it changed.
+    pub(crate) fn name_upkeep(&self) {
+        let mut tables = self.tables();
+        let Tables {
+            names,
+            online,
+            names_dirty,
+            ..
+        } = &mut *tables;
+        let released = names.expire(unix_now(), |p| online.contains_key(p));
+        if released || *names_dirty {
+            *names_dirty = false;
+            self.save_names(tables);
+        }
     }
 
     /// Forgets `session`'s route (if a newer session has not replaced it).
@@ -152,12 +203,14 @@ impl State {
             .is_some_and(|r| r.session == session)
         {
             tables.online.remove(&peer);
+            tables.names.seen(&peer, unix_now());
+            tables.names_dirty = true;
         }
     }
 
     /// The key bound to `name`.
     pub(crate) fn resolve(&self, name: &str) -> Option<PeerId> {
-        self.tables().names.get(name).copied()
+        self.tables().names.get(name)
     }
 
     /// The name of an online peer.
@@ -235,7 +288,7 @@ impl State {
         let tables = self.tables();
         let to_id = match to {
             PeerRef::Id(id) => Some(*id),
-            PeerRef::Name(name) => tables.names.get(name).copied(),
+            PeerRef::Name(name) => tables.names.get(name),
         };
         let member = tables.offers.get(session).is_some_and(|o| {
             o.at.elapsed() < OFFER_TTL
@@ -271,7 +324,7 @@ impl State {
     fn lookup(tables: &Tables, target: &PeerRef) -> Result<PeerId, RouteError> {
         Ok(match target {
             PeerRef::Id(id) => *id,
-            PeerRef::Name(name) => *tables.names.get(name).ok_or_else(|| RouteError {
+            PeerRef::Name(name) => tables.names.get(name).ok_or_else(|| RouteError {
                 code: ErrorCode::PeerUnknown,
                 message: format!("no peer has the name {name:?}"),
             })?,

@@ -38,6 +38,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod known_peers;
 pub mod node;
 pub mod preset;
 pub mod service;

@@ -36,6 +36,14 @@ enum Command {
         /// A second STUN address, with another IP and port, for RFC 5780 NAT behaviour discovery.
         #[arg(long, requires = "stun")]
         stun_alt: Option<SocketAddr>,
+        /// Keep the name table in this directory, so that names stay with their keys across
+        /// restarts [default: names are kept in memory only].
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+        /// Seconds a name stays with a key that is not registered before another key may take
+        /// it.
+        #[arg(long, value_name = "SECS", default_value_t = fog::server::names::NAME_TTL.as_secs())]
+        name_ttl: u64,
         #[command(flatten)]
         relay: RelayArgs,
     },
@@ -119,6 +127,9 @@ enum Command {
         /// Key file (created on first use, mode 0600).
         #[arg(long)]
         key: Option<PathBuf>,
+        /// The key `fog serve --name NAME` uses when it is given no --key.
+        #[arg(long, conflicts_with = "key")]
+        name: Option<String>,
     },
     /// Start a signal server and two nodes in this process, connect them by name, and show what
     /// happens.
@@ -192,14 +203,20 @@ impl RelayArgs {
     }
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct NodeArgs {
     /// Signal server URL; repeat it for more servers to fail over to.
     #[arg(long, default_value = "ws://127.0.0.1:7600/ws")]
     signal: Vec<String>,
-    /// Key file (created on first use, mode 0600). Without it the node uses a fresh key.
+    /// Key file (created on first use, mode 0600); the node's `known_peers` file goes beside
+    /// it. Without it `fog serve` uses the key of its name (or the default key, see `fog id`),
+    /// and the other commands a fresh key for the run.
     #[arg(long)]
     key: Option<PathBuf>,
+    /// Accept a name that answers with another key than the one in `known_peers` (and record
+    /// the new one) instead of refusing it.
+    #[arg(long)]
+    accept_new_key: bool,
     /// Name to register at the signal server, like 1e:34:a1:44:2c:1c.
     #[arg(long)]
     name: Option<String>,
@@ -220,6 +237,17 @@ struct NodeArgs {
 }
 
 impl NodeArgs {
+    /// The node of a long-lived `fog serve`: with no --key, the key of its name or the
+    /// default key, so that a restart keeps its peer id and its name.
+    async fn bind_serving(&self) -> Result<Node, BoxError> {
+        if self.key.is_some() {
+            return self.bind().await;
+        }
+        let mut args = self.clone();
+        args.key = Some(serve_key_file(self.name.as_deref()));
+        args.bind().await
+    }
+
     async fn bind(&self) -> Result<Node, BoxError> {
         let mut builder = Node::builder();
         for url in &self.signal {
@@ -231,6 +259,7 @@ impl NodeArgs {
         if let Some(key) = &self.key {
             builder = builder.key(key);
         }
+        builder = builder.accept_new_keys(self.accept_new_key);
         if let Some(name) = &self.name {
             builder = builder.name(name);
         }
@@ -243,12 +272,39 @@ impl NodeArgs {
     }
 }
 
-fn default_key_file() -> PathBuf {
+/// fog's directory under the user's configuration directory.
+fn config_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
         .unwrap_or_else(|| PathBuf::from("."));
-    base.join("fog").join("key")
+    base.join("fog")
+}
+
+fn default_key_file() -> PathBuf {
+    config_dir().join("key")
+}
+
+/// The key `fog serve` uses without --key: one per name (`keys/NAME.key`, so that several
+/// named nodes can run on one box and each keeps its name across restarts), or the default
+/// key for a node without a name.
+fn serve_key_file(name: Option<&str>) -> PathBuf {
+    match name {
+        Some(name) => {
+            let file: String = name
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.:".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            config_dir().join("keys").join(format!("{file}.key"))
+        }
+        None => default_key_file(),
+    }
 }
 
 /// The default log filter: warnings, except from libraries that warn about routine events
@@ -299,6 +355,8 @@ async fn run(command: Command) -> Result<(), BoxError> {
             signal,
             stun,
             stun_alt,
+            state,
+            name_ttl,
             relay,
         } => {
             let relay_server = relay.start().await?;
@@ -322,6 +380,8 @@ async fn run(command: Command) -> Result<(), BoxError> {
             let mut config = fog::server::SignalConfig {
                 listen: signal,
                 stun: announced,
+                state_dir: state,
+                name_ttl: Duration::from_secs(name_ttl),
                 ..Default::default()
             };
             if let Some(relay) = &relay_server {
@@ -334,7 +394,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
             }
             let server = fog::server::SignalServer::bind(config)
                 .await
-                .map_err(|e| format!("cannot listen on {signal}: {e}"))?;
+                .map_err(|e| format!("signal server on {signal}: {e}"))?;
             if let Some(stun) = &stun_server {
                 let addrs: Vec<String> = stun.local_addrs().iter().map(|a| a.to_string()).collect();
                 println!("fog stun server on {}", addrs.join(" "));
@@ -418,7 +478,7 @@ async fn run(command: Command) -> Result<(), BoxError> {
                     Inbox::open(dir).map_err(|e| format!("--inbox {}: {e}", dir.display()))?;
                 services = services.inbox(inbox);
             }
-            let node = node.bind().await?;
+            let node = node.bind_serving().await?;
             println!("peer id: {}", node.peer_id());
             if let Some(name) = node.name() {
                 println!("name: {name}");
@@ -564,8 +624,8 @@ async fn run(command: Command) -> Result<(), BoxError> {
             json,
             timeout,
         } => send(peer, files, node, json, seconds(timeout)?).await,
-        Command::Id { key } => {
-            let path = key.unwrap_or_else(default_key_file);
+        Command::Id { key, name } => {
+            let path = key.unwrap_or_else(|| serve_key_file(name.as_deref()));
             let identity = Identity::load_or_generate(&path)?;
             println!("{}", identity.peer_id());
             Ok(())

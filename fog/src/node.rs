@@ -23,6 +23,7 @@ use futures_util::Stream;
 use tokio::sync::{broadcast, mpsc, Mutex};
 use tower::ServiceExt;
 
+use crate::known_peers::{KnownPeers, Verdict};
 use crate::preset::{default_stack, Stack, StackParts};
 use crate::signal_client::{IncomingOffer, SignalClient};
 
@@ -52,6 +53,14 @@ pub enum NodeError {
     /// A setting is malformed.
     #[error("{0}")]
     Config(String),
+    /// The known-peers file could not be read.
+    #[error("known peers {path}: {source}")]
+    KnownPeers {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
 }
 
 type StackFactory = Arc<dyn Fn(&StackParts) -> Stack + Send + Sync>;
@@ -71,6 +80,8 @@ pub struct NodeBuilder {
     stun: Option<Vec<SocketAddr>>,
     nat_refresh: Duration,
     turn: Vec<fog_core::signal::RelayGrant>,
+    known_peers: Option<PathBuf>,
+    accept_new_keys: bool,
 }
 
 impl Default for NodeBuilder {
@@ -96,6 +107,8 @@ impl Default for NodeBuilder {
             stun: None,
             nat_refresh: Duration::from_secs(300),
             turn: Vec::new(),
+            known_peers: None,
+            accept_new_keys: false,
         }
     }
 }
@@ -119,6 +132,21 @@ impl NodeBuilder {
     /// or [`identity`](Self::identity), the node uses a fresh key for this run.
     pub fn key(mut self, path: impl Into<PathBuf>) -> Self {
         self.key_file = Some(path.into());
+        self
+    }
+
+    /// Remembers the key behind every name this node connects to in `path` (one `NAME
+    /// PEER_ID` per line), and refuses a name that later answers with another key. With a
+    /// [`key`](Self::key) file and no path of its own, the node keeps `known_peers` beside the
+    /// key.
+    pub fn known_peers(mut self, path: impl Into<PathBuf>) -> Self {
+        self.known_peers = Some(path.into());
+        self
+    }
+
+    /// Takes a new key for a known name (and records it) instead of refusing the connection.
+    pub fn accept_new_keys(mut self, accept: bool) -> Self {
+        self.accept_new_keys = accept;
         self
     }
 
@@ -210,6 +238,16 @@ impl NodeBuilder {
             (None, Some(path)) => Identity::load_or_generate(path)?,
             (None, None) => Identity::generate(),
         };
+        let known_path = self.known_peers.clone().or_else(|| {
+            self.key_file
+                .as_ref()
+                .map(|key| key.with_file_name("known_peers"))
+        });
+        let known = known_path
+            .map(|path| {
+                KnownPeers::open(&path).map_err(|source| NodeError::KnownPeers { path, source })
+            })
+            .transpose()?;
         let events = self.events.clone();
         let socket = FogSocket::bind(self.bind)
             .await
@@ -266,6 +304,8 @@ impl NodeBuilder {
             stack,
             protocols: self.protocols,
             connect_timeout: self.connect_timeout,
+            known,
+            accept_new_keys: self.accept_new_keys,
             incoming: Arc::new(Mutex::new(incoming_rx)),
             _nat_refresher: nat_refresher,
         });
@@ -290,6 +330,8 @@ struct Inner {
     stack: Stack,
     protocols: Vec<Protocol>,
     connect_timeout: Duration,
+    known: Option<KnownPeers>,
+    accept_new_keys: bool,
     incoming: Arc<Mutex<mpsc::Receiver<Connection>>>,
     _nat_refresher: Option<AbortOnDrop>,
 }
@@ -478,6 +520,7 @@ impl Node {
             ))
             .into()),
         };
+        let result = result.and_then(|conn| self.check_known(&peer, conn));
         if let Err(e) = &result {
             self.inner.events.emit(Event::Error {
                 peer: match &peer {
@@ -488,6 +531,31 @@ impl Node {
             });
         }
         result
+    }
+
+    /// Checks the key that answered for a name against the known peers (and records a new
+    /// one); a changed key closes the connection unless the node accepts new keys.
+    fn check_known(&self, peer: &PeerRef, conn: Connection) -> Result<Connection, BoxError> {
+        let (PeerRef::Name(name), Some(known)) = (peer, &self.inner.known) else {
+            return Ok(conn);
+        };
+        match known.check(name, conn.peer_id(), self.inner.accept_new_keys) {
+            Ok(Verdict::Changed { was }) if !self.inner.accept_new_keys => {
+                conn.close("the name belongs to another key");
+                Err(ConnectError::NameKeyChanged(format!(
+                    "name {name} now belongs to another key: {} (it was {was}, as {} records); \
+                     accept it with --accept-new-key",
+                    conn.peer_id(),
+                    known.path().display()
+                ))
+                .into())
+            }
+            Ok(_) => Ok(conn),
+            Err(e) => {
+                tracing::warn!(error = %e, path = %known.path().display(), "cannot record a known peer");
+                Ok(conn)
+            }
+        }
     }
 
     /// The connections peers dial to this node. Several `Incoming` handles share one queue.

@@ -238,19 +238,197 @@ fn a_stream_and_the_node_survive_the_signal_server_gone_for_a_minute() {
 
 #[test]
 fn serve_fails_with_a_message_and_a_non_zero_status_when_its_name_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
     let (_server, _lines, url) = signal_server("127.0.0.1:0");
-    let (_holder, holder_lines) =
-        spawn_watched(Command::new(FOG).args(["serve", "--signal", &url, "--name", "taken"]))
-            .unwrap();
-    holder_lines
-        .expect("peer id:", Duration::from_secs(10))
-        .unwrap();
+    let _holder = serve_named(&url, "taken", &dir.path().join("k1")).unwrap();
+    let other_key = dir.path().join("k2");
     let out = output_within(
-        Command::new(FOG).args(["serve", "--signal", &url, "--name", "taken"]),
+        Command::new(FOG)
+            .args(["serve", "--signal", &url, "--name", "taken", "--key"])
+            .arg(&other_key),
         Duration::from_secs(30),
     )
     .unwrap();
     assert!(!out.status.success(), "a second holder of the name ran");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("held by another key"), "{stderr}");
+}
+
+/// `fog serve --name NAME --key KEY` at `url`: `Ok` with the process once it registered the
+/// name, `Err` with what it printed when it exited instead.
+fn serve_named(
+    url: &str,
+    name: &str,
+    key: &std::path::Path,
+) -> Result<(ChildGuard, Lines), String> {
+    let (mut guard, lines) = spawn_watched(Command::new(FOG).args([
+        "serve",
+        "--signal",
+        url,
+        "--name",
+        name,
+        "--key",
+        key.to_str().unwrap(),
+    ]))
+    .unwrap();
+    match lines.expect("name:", Duration::from_secs(10)) {
+        Ok(_) => Ok((guard, lines)),
+        Err(e) => {
+            let _ = guard.0.wait();
+            Err(e)
+        }
+    }
+}
+
+#[test]
+fn a_name_stays_with_its_key_across_a_signal_server_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let (k1, k2) = (dir.path().join("k1"), dir.path().join("k2"));
+    let state_arg = state.to_str().unwrap();
+    let start_server = |listen: &str| {
+        let (guard, lines) = spawn_watched(Command::new(FOG).args([
+            "server",
+            "--signal",
+            listen,
+            "--stun",
+            "127.0.0.1:0",
+            "--state",
+            state_arg,
+        ]))
+        .unwrap();
+        let url = lines
+            .expect("fog signal server on", Duration::from_secs(10))
+            .unwrap();
+        (guard, url)
+    };
+    let (server, url) = start_server("127.0.0.1:0");
+    let listen = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_string();
+    let holder = serve_named(&url, "lasting", &k1).expect("the first key takes the name");
+    drop(holder);
+    drop(server);
+
+    let (_server, again) = start_server(&listen);
+    assert_eq!(again, url);
+    let refused = serve_named(&url, "lasting", &k2)
+        .err()
+        .expect("another key is refused");
+    assert!(refused.contains("held by another key"), "{refused}");
+    serve_named(&url, "lasting", &k1).expect("the name's own key takes it back");
+}
+
+#[test]
+fn a_name_unused_for_its_time_goes_to_the_next_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k1, k2) = (dir.path().join("k1"), dir.path().join("k2"));
+    let (_server, lines) = spawn_watched(Command::new(FOG).args([
+        "server",
+        "--signal",
+        "127.0.0.1:0",
+        "--stun",
+        "127.0.0.1:0",
+        "--name-ttl",
+        "1",
+    ]))
+    .unwrap();
+    let url = lines
+        .expect("fog signal server on", Duration::from_secs(10))
+        .unwrap();
+    let holder = serve_named(&url, "fleeting", &k1).expect("the first key takes the name");
+    drop(holder);
+    // Refused while the name is in its time, then given to the new key: bounded, not timed.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let taken = loop {
+        match serve_named(&url, "fleeting", &k2) {
+            Ok(taken) => break taken,
+            Err(why) => {
+                assert!(why.contains("held by another key"), "{why}");
+                assert!(
+                    std::time::Instant::now() < until,
+                    "the name was never released: {why}"
+                );
+            }
+        }
+    };
+    drop(taken);
+}
+
+#[test]
+fn a_name_that_answers_with_another_key_is_refused_unless_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two signal servers that bind the same name to two keys: the second one lies.
+    let (_honest, _l1, honest) = signal_server("127.0.0.1:0");
+    let (_liar, _l2, liar) = signal_server("127.0.0.1:0");
+    let _real = serve_named(&honest, "known", &dir.path().join("real.key")).unwrap();
+    let _impostor = serve_named(&liar, "known", &dir.path().join("impostor.key")).unwrap();
+    let dialer_key = dir.path().join("dialer").join("key");
+    let connect = |url: &str, more: &[&str]| {
+        output_within(
+            Command::new(FOG)
+                .args(["connect", "known", "--signal", url, "--json", "--key"])
+                .arg(&dialer_key)
+                .args(more),
+            Duration::from_secs(30),
+        )
+        .unwrap()
+    };
+    let first = connect(&honest, &[]);
+    assert!(first.status.success(), "{first:?}");
+    let known_peers = std::fs::read_to_string(dir.path().join("dialer").join("known_peers"))
+        .expect("known_peers beside the key");
+    assert!(known_peers.starts_with("known "), "{known_peers}");
+
+    let refused = connect(&liar, &[]);
+    assert!(!refused.status.success(), "the impostor was accepted");
+    let json: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(json["error"], "name key changed", "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("name known now belongs to another key"),
+        "{json}"
+    );
+    // Told to, the node takes the new key and remembers it.
+    let accepted = connect(&liar, &["--accept-new-key"]);
+    assert!(accepted.status.success(), "{accepted:?}");
+    let again = connect(&liar, &[]);
+    assert!(again.status.success(), "{again:?}");
+    let back = connect(&honest, &[]);
+    assert!(
+        !back.status.success(),
+        "the old key is no longer the name's"
+    );
+}
+
+#[test]
+fn serve_without_a_key_keeps_its_peer_id_and_name_across_restarts() {
+    let config = tempfile::tempdir().unwrap();
+    let (_server, _lines, url) = signal_server("127.0.0.1:0");
+    let serve = || {
+        let (guard, lines) = spawn_watched(
+            Command::new(FOG)
+                .env("XDG_CONFIG_HOME", config.path())
+                .args(["serve", "--signal", &url, "--name", "sticky"]),
+        )
+        .unwrap();
+        let id = lines.expect("peer id:", Duration::from_secs(10)).unwrap();
+        lines.expect("name:", Duration::from_secs(10)).unwrap();
+        (guard, id)
+    };
+    let (first, id) = serve();
+    drop(first);
+    let (_second, again) = serve();
+    assert_eq!(again, id, "a restart changed the peer id");
+    let out = output_within(
+        Command::new(FOG)
+            .env("XDG_CONFIG_HOME", config.path())
+            .args(["id", "--name", "sticky"]),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), id);
 }
