@@ -186,6 +186,8 @@ struct Checks {
     relayed: std::collections::HashSet<SocketAddr>,
     /// Our relay allocations, once made.
     relays: Vec<Arc<dyn RelayHandle>>,
+    /// The peer's IPs that have a path through our relays (and so a permission on them).
+    permitted: std::collections::HashSet<std::net::IpAddr>,
     /// Until our relay gathering is done; then its allocations come from `relay_slot`. Kept
     /// past the punch: a direct pair often answers first, and the relay pairs made later are
     /// what the connection falls back on.
@@ -272,18 +274,21 @@ impl Checks {
 
     /// Checks through our relays to the peer's public candidates. Besides being paths, they
     /// open the relay's permission for the peer's IP, so that the peer's checks to our relayed
-    /// address get through. Predicted ports are left out: the peer's NAT opens them only
-    /// towards our own public ports, never towards the relay, and the permission is per IP
-    /// anyway (the server-reflexive candidate has the same one).
+    /// address get through. Of the predicted ports only one per IP is taken, for that
+    /// permission (a side behind a sequential NAT has no other public candidate): the peer's
+    /// NAT opens them only towards our own public ports, never towards the relay, and eight of
+    /// them would use up the cap on relay paths.
     fn add_relay_paths(&mut self, remote: &[Candidate]) {
         if self.relays.is_empty() {
             return;
         }
         let mut paths = Vec::new();
         for c in remote {
-            if is_local_only(c.addr.ip())
-                || matches!(c.kind, CandidateKind::Relay | CandidateKind::Predicted)
-            {
+            if is_local_only(c.addr.ip()) || c.kind == CandidateKind::Relay {
+                continue;
+            }
+            let new_ip = self.permitted.insert(c.addr.ip());
+            if c.kind == CandidateKind::Predicted && !new_ip {
                 continue;
             }
             for relay in &self.relays {
@@ -592,6 +597,7 @@ async fn punch(
             .collect(),
         known: remote_candidates,
         relays: Vec::new(),
+        permitted: std::collections::HashSet::new(),
         relay_ready: relay_ready.map(|f| Box::pin(f) as _),
         relay_slot: attempt.relays.clone(),
         last_answer: std::collections::HashMap::new(),
