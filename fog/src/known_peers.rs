@@ -93,7 +93,14 @@ fn save(path: &Path, names: &BTreeMap<String, PeerId>) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let temporary = path.with_extension("tmp");
+    // A name of its own per writer: two nodes sharing the file must not write one temporary.
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let temporary = path.with_file_name(name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -101,12 +108,18 @@ fn save(path: &Path, names: &BTreeMap<String, PeerId>) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&temporary)?;
-    for (name, peer) in names {
-        writeln!(file, "{name} {peer}")?;
+    let written = (|| {
+        let mut file = options.open(&temporary)?;
+        for (name, peer) in names {
+            writeln!(file, "{name} {peer}")?;
+        }
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
     }
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    written
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! must arrive whole, the node must stay up, and it must be reachable by name afterwards.
 
 mod common;
+mod lab;
 
 use std::process::Command;
 use std::time::Duration;
@@ -17,13 +18,16 @@ const STREAM_BYTES: usize = 50 * 1024 * 1024;
 
 /// `fog server` on `listen` (signal only, STUN on a port of its own).
 fn signal_server(listen: &str) -> (ChildGuard, Lines, String) {
-    let (guard, lines) = spawn_watched(Command::new(FOG).args([
-        "server",
-        "--signal",
-        listen,
-        "--stun",
-        "127.0.0.1:0",
-    ]))
+    signal_server_with(listen, &[])
+}
+
+/// [`signal_server`] with more arguments.
+fn signal_server_with(listen: &str, more: &[&str]) -> (ChildGuard, Lines, String) {
+    let (guard, lines) = spawn_watched(
+        Command::new(FOG)
+            .args(["server", "--signal", listen, "--stun", "127.0.0.1:0"])
+            .args(more),
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     let url = lines
         .expect("fog signal server on", Duration::from_secs(10))
@@ -47,21 +51,6 @@ impl Hasher {
             .map(|b| format!("{b:02x}"))
             .collect()
     }
-}
-
-/// Pseudo-random bytes from a counter, so that a lost, repeated or reordered block changes the
-/// hash.
-fn block(index: u64, len: usize) -> Vec<u8> {
-    let mut x = index.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// Runs the fault: the signal server is killed, stays away for `outage`, and comes back on the
@@ -126,7 +115,7 @@ fn stream_across_signal_outage(outage: Duration) {
         let mut sent = Hasher::new();
         let mut index = 0u64;
         let mut write = |len: usize| {
-            let data = block(index, len);
+            let data = lab::test_data(len, index);
             index += 1;
             sent.0.update(&data);
             data
@@ -287,19 +276,7 @@ fn a_name_stays_with_its_key_across_a_signal_server_restart() {
     let (k1, k2) = (dir.path().join("k1"), dir.path().join("k2"));
     let state_arg = state.to_str().unwrap();
     let start_server = |listen: &str| {
-        let (guard, lines) = spawn_watched(Command::new(FOG).args([
-            "server",
-            "--signal",
-            listen,
-            "--stun",
-            "127.0.0.1:0",
-            "--state",
-            state_arg,
-        ]))
-        .unwrap();
-        let url = lines
-            .expect("fog signal server on", Duration::from_secs(10))
-            .unwrap();
+        let (guard, _lines, url) = signal_server_with(listen, &["--state", state_arg]);
         (guard, url)
     };
     let (server, url) = start_server("127.0.0.1:0");
@@ -324,19 +301,7 @@ fn a_name_stays_with_its_key_across_a_signal_server_restart() {
 fn a_name_unused_for_its_time_goes_to_the_next_key() {
     let dir = tempfile::tempdir().unwrap();
     let (k1, k2) = (dir.path().join("k1"), dir.path().join("k2"));
-    let (_server, lines) = spawn_watched(Command::new(FOG).args([
-        "server",
-        "--signal",
-        "127.0.0.1:0",
-        "--stun",
-        "127.0.0.1:0",
-        "--name-ttl",
-        "1",
-    ]))
-    .unwrap();
-    let url = lines
-        .expect("fog signal server on", Duration::from_secs(10))
-        .unwrap();
+    let (_server, _lines, url) = signal_server_with("127.0.0.1:0", &["--name-ttl", "1"]);
     let holder = serve_named(&url, "fleeting", &k1).expect("the first key takes the name");
     drop(holder);
     // Refused while the name is in its time, then given to the new key: bounded, not timed.
