@@ -256,7 +256,9 @@ impl SignalClient {
             peer: registration.peer,
             name: registration.name.clone(),
         });
-        let (link, _) = watch::channel(None);
+        // Connected from the start: the client is usable as soon as it is returned.
+        let (out, out_rx) = mpsc::unbounded_channel();
+        let (link, _) = watch::channel(Some(out));
         let inner = Arc::new(Inner {
             link,
             pending: Mutex::new(Pending::default()),
@@ -266,6 +268,7 @@ impl SignalClient {
         let supervisor = tokio::spawn(supervise(
             Arc::downgrade(&inner),
             ws,
+            out_rx,
             index,
             urls.to_vec(),
             identity.clone(),
@@ -308,6 +311,7 @@ impl SignalClient {
 async fn supervise(
     inner: std::sync::Weak<Inner>,
     mut ws: WebSocket,
+    mut out_rx: mpsc::UnboundedReceiver<ClientMessage>,
     mut index: usize,
     urls: Vec<String>,
     identity: Identity,
@@ -316,11 +320,6 @@ async fn supervise(
     offers: mpsc::Sender<IncomingOffer>,
 ) {
     loop {
-        let (out, mut out_rx) = mpsc::unbounded_channel();
-        match inner.upgrade() {
-            Some(inner) => inner.link.send_replace(Some(out)),
-            None => return,
-        };
         let error = run_connection(ws, &mut out_rx, &inner, &offers).await;
         let Some(strong) = inner.upgrade() else {
             return;
@@ -341,6 +340,12 @@ async fn supervise(
                 Ok((fresh, registration, at)) => {
                     ws = fresh;
                     index = at;
+                    let (out, fresh_rx) = mpsc::unbounded_channel();
+                    out_rx = fresh_rx;
+                    match inner.upgrade() {
+                        Some(inner) => inner.link.send_replace(Some(out)),
+                        None => return,
+                    };
                     tracing::info!(url = %registration.url, "signal connection restored");
                     events.emit(Event::SignalRestored {
                         url: registration.url,
