@@ -17,14 +17,23 @@ fn free_port() -> u16 {
 }
 
 async fn rfc5780_server() -> StunServer {
-    // 127.0.0.2 is loopback too: two addresses on one machine, as RFC 5780 needs.
-    let (p1, p2) = (free_port(), free_port());
-    StunServer::bind(StunConfig {
-        primary: format!("127.0.0.1:{p1}").parse().unwrap(),
-        alternate: Some(format!("127.0.0.2:{p2}").parse().unwrap()),
-    })
-    .await
-    .expect("binds four sockets")
+    // 127.0.0.2 is loopback too: two addresses on one machine, as RFC 5780 needs. The four
+    // sockets cross two ports over two addresses, so a port free on 127.0.0.1 may be taken on
+    // 127.0.0.2 by a test running beside this one: pick new ports then (setup, not a check).
+    let mut last = None;
+    for _ in 0..20 {
+        let (p1, p2) = (free_port(), free_port());
+        match StunServer::bind(StunConfig {
+            primary: format!("127.0.0.1:{p1}").parse().unwrap(),
+            alternate: Some(format!("127.0.0.2:{p2}").parse().unwrap()),
+        })
+        .await
+        {
+            Ok(server) => return server,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("binds four sockets: {last:?}")
 }
 
 /// A raw Binding request: type 0x0001, length, magic cookie, transaction id, and the given

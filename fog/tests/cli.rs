@@ -167,22 +167,31 @@ fn nat_reports_json_against_a_fog_stun_server() {
             .unwrap()
             .port()
     };
-    let (primary, alternate) = (
-        format!("127.0.0.1:{}", free()),
-        format!("127.0.0.2:{}", free()),
-    );
-    let (_server, _) = start(
-        &[
-            "server",
-            "--signal",
-            "127.0.0.1:0",
-            "--stun",
-            &primary,
-            "--stun-alt",
-            &alternate,
-        ],
-        "fog signal server on",
-    );
+    // A port free on 127.0.0.1 may be taken on 127.0.0.2 by a test running beside this one:
+    // pick new ports then (setup, not a check).
+    let (_server, primary) = (0..20)
+        .find_map(|_| {
+            let (primary, alternate) = (
+                format!("127.0.0.1:{}", free()),
+                format!("127.0.0.2:{}", free()),
+            );
+            spawn_until_line(
+                Command::new(FOG).args([
+                    "server",
+                    "--signal",
+                    "127.0.0.1:0",
+                    "--stun",
+                    &primary,
+                    "--stun-alt",
+                    &alternate,
+                ]),
+                "fog signal server on",
+                Duration::from_secs(10),
+            )
+            .ok()
+            .map(|(server, _)| (server, primary))
+        })
+        .expect("fog server binds its four STUN sockets");
     let out = run(&["nat", "--stun", &primary, "--json"]);
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_str(&text(&out.stdout)).unwrap();
