@@ -1,7 +1,7 @@
 //! Connectivity-check packets: the wire format, sans IO.
 //!
-//! A check is 52 bytes: a 4-byte magic (`02 'f' 'o' 'g'`), a kind byte, three zero bytes, the
-//! 16-byte session id, a 12-byte transaction id, and a 16-byte HMAC-SHA256 tag over the first 36
+//! A check is 52 bytes: a 4-byte magic (`02 'f' 'o' 'g'`), a kind byte, a flags byte, two zero
+//! bytes, the 16-byte session id, a 12-byte transaction id, and a 16-byte HMAC-SHA256 tag over the first 36
 //! bytes keyed with the session secret. Only peers that learned the secret through the signal
 //! server can make a valid one, and a reply is exactly as large as its request, so checks cannot
 //! be used to amplify traffic.
@@ -12,6 +12,11 @@ use ring::hmac;
 pub const CHECK_LEN: usize = 52;
 const MAGIC: [u8; 4] = [0x02, b'f', b'o', b'g'];
 const SIGNED_LEN: usize = 36;
+/// Flag: the request left through the sender's relay allocation, so the address it comes from
+/// is a relayed one. The receiver may not have the sender's relay candidate yet (it trickles
+/// in, or the allocation was made after the connect), and would take that address for a
+/// direct pair.
+const FLAG_RELAYED: u8 = 1;
 
 /// Request or reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +36,8 @@ pub struct CheckPacket {
     pub session: [u8; 16],
     /// Pairs a reply with its request.
     pub txid: [u8; 12],
+    /// Sent through the sender's relay allocation (see [`encode_relayed`]).
+    pub relayed: bool,
     tag: [u8; 16],
     signed: [u8; SIGNED_LEN],
 }
@@ -56,12 +63,34 @@ pub fn encode(
     txid: &[u8; 12],
     secret: &[u8; 32],
 ) -> [u8; CHECK_LEN] {
+    encode_with(kind, 0, session, txid, secret)
+}
+
+/// Builds a check packet that goes out through the sender's relay allocation: the flag is
+/// under the tag, so only the session's peer can set it.
+pub fn encode_relayed(
+    kind: CheckKind,
+    session: &[u8; 16],
+    txid: &[u8; 12],
+    secret: &[u8; 32],
+) -> [u8; CHECK_LEN] {
+    encode_with(kind, FLAG_RELAYED, session, txid, secret)
+}
+
+fn encode_with(
+    kind: CheckKind,
+    flags: u8,
+    session: &[u8; 16],
+    txid: &[u8; 12],
+    secret: &[u8; 32],
+) -> [u8; CHECK_LEN] {
     let mut packet = [0u8; CHECK_LEN];
     packet[..4].copy_from_slice(&MAGIC);
     packet[4] = match kind {
         CheckKind::Request => 1,
         CheckKind::Reply => 2,
     };
+    packet[5] = flags;
     packet[8..24].copy_from_slice(session);
     packet[24..36].copy_from_slice(txid);
     let tag = tag(secret, &packet[..SIGNED_LEN]);
@@ -71,7 +100,7 @@ pub fn encode(
 
 /// Parses a check packet; `None` when it is not one.
 pub fn decode(datagram: &[u8]) -> Option<CheckPacket> {
-    if !looks_like_check(datagram) || datagram[5..8] != [0, 0, 0] {
+    if !looks_like_check(datagram) || datagram[5] & !FLAG_RELAYED != 0 || datagram[6..8] != [0, 0] {
         return None;
     }
     let kind = match datagram[4] {
@@ -83,6 +112,7 @@ pub fn decode(datagram: &[u8]) -> Option<CheckPacket> {
         kind,
         session: datagram[8..24].try_into().ok()?,
         txid: datagram[24..36].try_into().ok()?,
+        relayed: datagram[5] & FLAG_RELAYED != 0,
         tag: datagram[SIGNED_LEN..].try_into().ok()?,
         signed: datagram[..SIGNED_LEN].try_into().ok()?,
     })
@@ -138,6 +168,27 @@ mod tests {
         let mut bad_kind = packet;
         bad_kind[4] = 3;
         assert!(decode(&bad_kind).is_none());
+    }
+
+    #[test]
+    fn the_relayed_flag_is_read_and_signed() {
+        let packet = encode_relayed(CheckKind::Request, &SESSION, &[1; 12], &SECRET);
+        let parsed = decode(&packet).unwrap();
+        assert!(parsed.relayed);
+        assert!(parsed.verify(&SECRET));
+        assert!(
+            !decode(&encode(CheckKind::Request, &SESSION, &[1; 12], &SECRET))
+                .unwrap()
+                .relayed
+        );
+        // Cleared on the way (a third party hiding the relay): the tag no longer matches.
+        let mut stripped = packet;
+        stripped[5] = 0;
+        assert!(!decode(&stripped).unwrap().verify(&SECRET));
+        // Unknown flags are not checks.
+        let mut unknown = packet;
+        unknown[5] = 2;
+        assert!(decode(&unknown).is_none());
     }
 
     #[test]

@@ -677,12 +677,18 @@ impl FogSocket {
                     &packet.txid,
                     &session.secret,
                 );
+                let events = session.events.clone();
+                drop(checks);
                 // Best effort: a full send buffer drops the reply, and the peer retries.
                 let _ = self.transmit(&reply, from);
-                if let Some(events) = &session.events {
+                // Known as relayed before the punch hears of it, so that it is never taken for
+                // a direct pair.
+                if packet.relayed && !is_relay_stand_in(from) {
+                    self.note_peer_relay(from);
+                }
+                if let Some(events) = events {
                     let _ = events.send(CheckEvent::Received { from });
                 }
-                drop(checks);
                 if let Some(peer) = peer {
                     self.learn_route(&peer, from);
                 }
@@ -838,7 +844,11 @@ impl Prober for FogSocket {
     fn send_check(&self, session: &SessionKeys, remote: SocketAddr) -> io::Result<()> {
         let mut txid = [0u8; 12];
         rand::thread_rng().fill_bytes(&mut txid);
-        let packet = check::encode(CheckKind::Request, &session.id, &txid, &session.secret);
+        let packet = if is_relay_stand_in(remote) {
+            check::encode_relayed(CheckKind::Request, &session.id, &txid, &session.secret)
+        } else {
+            check::encode(CheckKind::Request, &session.id, &txid, &session.secret)
+        };
         self.checks().pending.insert(
             txid,
             Pending {

@@ -161,3 +161,41 @@ async fn a_captured_check_replayed_from_elsewhere_gets_nothing() {
     );
     assert!(b_events.try_recv().is_err());
 }
+
+/// A peer's check that left through its relay allocation says so: its source is known as
+/// relayed before the punch sees it, even when the peer's relay candidate has not come yet.
+#[tokio::test]
+async fn a_check_sent_through_the_peers_relay_marks_its_source_relayed() {
+    use fog_transports::check::{self, CheckKind};
+    let (b, _tb) = socket().await;
+    let session = SessionKeys::generate();
+    let mut b_events = b.watch(&session);
+    let through_relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let direct = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 128];
+
+    let relayed = check::encode_relayed(CheckKind::Request, &session.id, &[1; 12], &session.secret);
+    through_relay
+        .send_to(&relayed, b.local_addr())
+        .await
+        .unwrap();
+    let plain = check::encode(CheckKind::Request, &session.id, &[2; 12], &session.secret);
+    direct.send_to(&plain, b.local_addr()).await.unwrap();
+    for socket in [&through_relay, &direct] {
+        tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+    }
+    let relay_addr = through_relay.local_addr().unwrap();
+    let direct_addr = direct.local_addr().unwrap();
+    assert_eq!(
+        b_events.recv().await.unwrap(),
+        CheckEvent::Received { from: relay_addr }
+    );
+    assert!(b.is_relayed(relay_addr), "the flagged source is relayed");
+    assert!(
+        !b.is_relayed(direct_addr),
+        "a plain check's source is direct"
+    );
+}
