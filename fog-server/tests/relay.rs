@@ -423,6 +423,88 @@ async fn peers_on_the_relay_host_are_refused_by_default() {
     .await;
 }
 
+/// Two nodes that can only reach the relay (UDP-blocked, on TURN over TCP) meet allocation to
+/// allocation, even on a relay that refuses its own host; every other port of the host stays
+/// refused, and a datagram from one is seen by the other as from the sender's relayed address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_allocations_of_the_relay_reach_each_other_and_no_other_local_port() {
+    bounded(async {
+        let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), secret());
+        config.tcp = Some("127.0.0.1:0".parse().unwrap());
+        let relay = RelayServer::bind(config).await.unwrap();
+        let tcp = relay.tcp_addr().unwrap();
+        let (_, user_a, pass_a) = node_credentials();
+        let (_, user_b, pass_b) = node_credentials();
+        let client_a = turn_client_over(
+            Arc::new(TcpClientConn::connect(tcp).await),
+            tcp,
+            &user_a,
+            &pass_a,
+        )
+        .await;
+        let client_b = turn_client_over(
+            Arc::new(TcpClientConn::connect(tcp).await),
+            tcp,
+            &user_b,
+            &pass_b,
+        )
+        .await;
+        let a = allocate(&client_a).await.expect("allocate a");
+        let b = allocate(&client_b).await.expect("allocate b");
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        assert_eq!(a_addr.ip(), b_addr.ip());
+
+        // Each opens a permission for the other (the first send does), then both ways.
+        a.send_to(b"a opens", b_addr).await.expect("a's permission");
+        b.send_to(b"b to a", a_addr).await.expect("b's permission");
+        let (data, from) = recv_from_relay(&a).await;
+        assert_eq!((data.as_slice(), from), (&b"b to a"[..], b_addr));
+        a.send_to(b"a to b", b_addr).await.unwrap();
+        // "a opens" may have come in too, when b's permission was made before b read it.
+        let (mut data, mut from) = recv_from_relay(&b).await;
+        if data == b"a opens" {
+            (data, from) = recv_from_relay(&b).await;
+        }
+        assert_eq!((data.as_slice(), from), (&b"a to b"[..], a_addr));
+
+        // Another port of the relay's host is still refused: a permission for it gets 403, and
+        // with the permission for the relay's IP that a holds, datagrams to it are dropped.
+        let local = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (_, user_c, pass_c) = node_credentials();
+        let client_c = turn_client_over(
+            Arc::new(TcpClientConn::connect(tcp).await),
+            tcp,
+            &user_c,
+            &pass_c,
+        )
+        .await;
+        let c = allocate(&client_c).await.expect("allocate c");
+        let refused = tokio::time::timeout(
+            REPLY_TIMEOUT,
+            c.send_to(b"into the host", local.local_addr().unwrap()),
+        )
+        .await
+        .expect("send timed out")
+        .expect_err("a permission for another local port is refused");
+        assert!(refused.to_string().contains("403"), "{refused}");
+        a.send_to(b"into the host", local.local_addr().unwrap())
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(
+            tokio::time::timeout(QUIET, local.recv_from(&mut buf))
+                .await
+                .is_err(),
+            "a datagram reached another port of the relay's host"
+        );
+        client_c.close().await.unwrap();
+
+        client_a.close().await.unwrap();
+        client_b.close().await.unwrap();
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_listener_needs_a_relay_ip() {
     let config = RelayConfig::new("0.0.0.0:0".parse().unwrap(), secret());

@@ -94,6 +94,15 @@ fn pairs_without_a_direct_path_connect_and_echo_through_the_relay() {
 #[test]
 fn a_node_whose_udp_is_blocked_reaches_every_other_behaviour_over_tcp_to_the_relay() {
     let (mut lab, _server) = lab_with_fog_server(true);
+    // Two of them meet allocation to allocation on the relay.
+    let json = run_pair(
+        &mut lab,
+        NatBehaviour::UdpBlocked,
+        NatBehaviour::UdpBlocked,
+        Link::default(),
+    );
+    assert_eq!(json["path"], "relay", "{json}");
+    assert_eq!(json["strategy"], "relay-only", "{json}");
     for other in [
         NatBehaviour::Open,
         NatBehaviour::FullCone,

@@ -188,6 +188,9 @@ struct Checks {
     relays: Vec<Arc<dyn RelayHandle>>,
     /// The peer's IPs that have a path through our relays (and so a permission on them).
     permitted: std::collections::HashSet<std::net::IpAddr>,
+    /// Our socket cannot send UDP (a UDP-blocking firewall): the peer's relayed addresses are
+    /// reached through our relays too, allocation to allocation.
+    udp_blocked: bool,
     /// Until our relay gathering is done; then its allocations come from `relay_slot`. Kept
     /// past the punch: a direct pair often answers first, and the relay pairs made later are
     /// what the connection falls back on.
@@ -277,14 +280,15 @@ impl Checks {
     /// address get through. Of the predicted ports only one per IP is taken, for that
     /// permission (a side behind a sequential NAT has no other public candidate): the peer's
     /// NAT opens them only towards our own public ports, never towards the relay, and eight of
-    /// them would use up the cap on relay paths.
+    /// them would use up the cap on relay paths. The peer's relayed addresses are reached
+    /// directly, through its relay, unless our UDP is blocked: then through ours as well.
     fn add_relay_paths(&mut self, remote: &[Candidate]) {
         if self.relays.is_empty() {
             return;
         }
         let mut paths = Vec::new();
         for c in remote {
-            if is_local_only(c.addr.ip()) || c.kind == CandidateKind::Relay {
+            if is_local_only(c.addr.ip()) || (c.kind == CandidateKind::Relay && !self.udp_blocked) {
                 continue;
             }
             let new_ip = self.permitted.insert(c.addr.ip());
@@ -598,6 +602,7 @@ async fn punch(
         known: remote_candidates,
         relays: Vec::new(),
         permitted: std::collections::HashSet::new(),
+        udp_blocked: NatClass::of(attempt.local_nat.as_ref()) == NatClass::UdpBlocked,
         relay_ready: relay_ready.map(|f| Box::pin(f) as _),
         relay_slot: attempt.relays.clone(),
         last_answer: std::collections::HashMap::new(),

@@ -19,6 +19,14 @@ use webrtc_util::Conn;
 
 use super::credentials::{password_for, unix_now};
 use super::gate::{peer_allowed, take, Slot};
+
+/// Datagrams queued for one allocation from the relay's other allocations; more are dropped,
+/// as a congested path would.
+const INBOX_LEN: usize = 256;
+
+/// Where the relay's other allocations put datagrams for one allocation: the datagram and the
+/// sending allocation's relayed address.
+pub(crate) type Inbox = tokio::sync::mpsc::Sender<(Vec<u8>, SocketAddr)>;
 use super::quota::{Allocation, ClientKey};
 use super::Shared;
 
@@ -29,10 +37,13 @@ struct Lease {
     node: PeerId,
     key: ClientKey,
     deadline: Instant,
+    /// The relayed port, under which the allocation is known to the others.
+    port: u16,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.shared.own().remove(&self.port);
         let mut ledger = self.shared.ledger();
         ledger.remove(&self.key, self.deadline);
         ledger.release(&self.node);
@@ -41,9 +52,15 @@ impl Drop for Lease {
 
 /// A relayed UDP socket counted against its node.
 pub(crate) struct RelayConn {
-    socket: UdpSocket,
+    /// Dropped before the socket: the allocation leaves the relay's table while it still
+    /// holds its port, so a new allocation on that port is never removed in its place.
     lease: Lease,
+    socket: UdpSocket,
     revoked: watch::Receiver<bool>,
+    /// Datagrams from the relay's other allocations.
+    inbox: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>>,
+    /// This allocation's relayed address, the source the others see.
+    relayed: SocketAddr,
 }
 
 impl RelayConn {
@@ -51,6 +68,8 @@ impl RelayConn {
         *self.revoked.borrow() || Instant::now() >= self.lease.deadline
     }
 
+    /// Whether the network may carry datagrams between this allocation and `peer` (never the
+    /// relay's own host: its allocations meet in memory).
     fn allowed(&self, peer: SocketAddr) -> bool {
         let shared = &self.lease.shared;
         peer_allowed(peer.ip(), shared.relay_ip, shared.allow_loopback_peers)
@@ -97,9 +116,18 @@ impl Conn for RelayConn {
             }
         };
         tokio::pin!(revoked);
+        let mut inbox = self.inbox.lock().await;
         loop {
             let received = tokio::select! {
                 received = self.socket.recv_from(buf) => received,
+                Some((datagram, from)) = inbox.recv() => {
+                    let len = datagram.len().min(buf.len());
+                    buf[..len].copy_from_slice(&datagram[..len]);
+                    if self.charge(len) {
+                        return Ok((len, from));
+                    }
+                    continue;
+                }
                 _ = tokio::time::sleep_until(deadline) => {
                     tracing::debug!(node = %self.lease.node, "relay allocation reached its maximum lifetime");
                     return Err(ended());
@@ -127,6 +155,13 @@ impl Conn for RelayConn {
     async fn send_to(&self, buf: &[u8], target: SocketAddr) -> webrtc_util::Result<usize> {
         if self.ended() {
             return Err(ended());
+        }
+        if let Some(inbox) = self.lease.shared.own_allocation(target) {
+            if self.charge(buf.len()) {
+                // A full inbox drops the datagram, as a congested path would.
+                let _ = inbox.try_send((buf.to_vec(), self.relayed));
+            }
+            return Ok(buf.len());
         }
         if !self.allowed(target) || !self.charge(buf.len()) {
             return Ok(buf.len());
@@ -194,15 +229,20 @@ impl RelayAddressGenerator for Generator {
             },
         );
         tracing::debug!(%node, client = %key.addr, %relayed, "relay allocation");
+        let (inbox_tx, inbox) = tokio::sync::mpsc::channel(INBOX_LEN);
+        shared.own().insert(relayed.port(), inbox_tx);
         let conn = RelayConn {
-            socket,
             lease: Lease {
                 shared,
                 node,
                 key,
                 deadline,
+                port: relayed.port(),
             },
+            socket,
             revoked,
+            inbox: tokio::sync::Mutex::new(inbox),
+            relayed,
         };
         Ok((Arc::new(conn), relayed))
     }

@@ -109,12 +109,23 @@ enum Verdict {
     Reply(Vec<u8>),
 }
 
-/// Whether the relay may exchange datagrams with `ip`.
-pub(crate) fn peer_allowed(ip: IpAddr, relay_ip: IpAddr, allow_local: bool) -> bool {
-    let ip = match ip {
+/// `ip` without IPv4-mapped IPv6 dressing.
+fn unmapped(ip: IpAddr) -> IpAddr {
+    match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
-    };
+    }
+}
+
+/// Whether `a` and `b` are one IP (an IPv4-mapped IPv6 address is its IPv4 address).
+pub(crate) fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    unmapped(a) == unmapped(b)
+}
+
+/// Whether the relay may exchange datagrams with `ip`, by its IP alone (the relay's own live
+/// allocations are let through by port, see `Shared::peer_allowed`).
+pub(crate) fn peer_allowed(ip: IpAddr, relay_ip: IpAddr, allow_local: bool) -> bool {
+    let ip = unmapped(ip);
     if ip.is_unspecified() || ip.is_multicast() || ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
         return false;
     }
@@ -340,9 +351,8 @@ impl Gate {
             drop(ledger);
             let denied = m.attributes.0.iter().any(|a| {
                 a.typ == ATTR_XOR_PEER_ADDRESS
-                    && xor_address(&a.value, &m.transaction_id).is_some_and(|peer| {
-                        !peer_allowed(peer.ip(), shared.relay_ip, shared.allow_loopback_peers)
-                    })
+                    && xor_address(&a.value, &m.transaction_id)
+                        .is_some_and(|peer| !shared.peer_allowed(peer))
             });
             if denied {
                 return refuse(error_response(

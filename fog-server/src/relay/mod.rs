@@ -12,6 +12,10 @@
 //!   lifetime of an allocation.
 //! * **No reaching into the relay's host**: peers on loopback or the relay's own IP are refused
 //!   (403) and their datagrams dropped, unless [`RelayConfig::allow_loopback_peers`] is set.
+//!   The one exception is the relay's own live allocations: two nodes that can only reach the
+//!   relay (both behind UDP-blocking firewalls, on TURN over TCP) meet allocation to
+//!   allocation, and the relay hands those datagrams from one to the other in memory, without
+//!   the network (so it needs no hairpin when its relayed IP is a public one it does not hold).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -116,6 +120,8 @@ pub(crate) struct Shared {
     ledger: Mutex<Ledger>,
     /// Unauthenticated requests the engine may see per second (see [`CHALLENGES_PER_SEC`]).
     challenges: Mutex<quota::TokenBucket>,
+    /// The live allocations by relayed port: where datagrams between two of them go.
+    own: Mutex<std::collections::HashMap<u16, conn::Inbox>>,
 }
 
 /// Unauthenticated requests handed to the TURN engine per second, all clients together; the rest
@@ -127,6 +133,26 @@ pub const CHALLENGES_PER_SEC: u64 = 200;
 impl Shared {
     fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn own(&self) -> MutexGuard<'_, std::collections::HashMap<u16, conn::Inbox>> {
+        self.own.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The inbox of the live allocation at `peer`, when `peer` is one of ours.
+    fn own_allocation(&self, peer: SocketAddr) -> Option<conn::Inbox> {
+        if gate::same_ip(peer.ip(), self.relay_ip) {
+            self.own().get(&peer.port()).cloned()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the relay may exchange datagrams with `peer`: anyone but its own host (see
+    /// [`gate::peer_allowed`]), and its own live allocations.
+    fn peer_allowed(&self, peer: SocketAddr) -> bool {
+        gate::peer_allowed(peer.ip(), self.relay_ip, self.allow_loopback_peers)
+            || self.own_allocation(peer).is_some()
     }
 
     /// Whether one more unauthenticated request may reach the engine now.
@@ -189,6 +215,7 @@ impl RelayServer {
                 CHALLENGES_PER_SEC,
                 std::time::Instant::now(),
             )),
+            own: Mutex::default(),
         });
         let (stop, stopped) = watch::channel(false);
 
