@@ -1,0 +1,293 @@
+//! Faults of the network under a running connection, on the test bed with the relay on: an
+//! access link that goes dark for 10 s (each side's), and two peers whose UDP is blocked. A
+//! node inside the dialer's namespace streams 50 MB through `fog serve`'s echo across the
+//! fault; the echo must come back whole (SHA-256), `fog serve` must still run and be reachable
+//! by name, and the time from the fault's end to the first echoed byte is printed.
+
+mod lab;
+
+use std::time::{Duration, Instant};
+
+use fog_natlab::{Host, Link, NatBehaviour};
+use lab::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The stream that crosses the fault.
+const STREAM_BYTES: usize = 50 * 1024 * 1024;
+/// How long a link stays dark.
+const OUTAGE: Duration = Duration::from_secs(10);
+
+/// A fault the test applies to the lab while the stream runs, and lifts.
+struct Fault {
+    host: Host,
+    table: String,
+}
+
+impl Fault {
+    /// Every packet in and out of `host`'s access link dropped (a dead Wi-Fi, a pulled cable
+    /// upstream): the host keeps its address and routes, and nothing gets through.
+    fn dark(host: &Host) -> Fault {
+        let table = format!("fogtest_dark_{}", std::process::id());
+        let script = format!(
+            "table inet {table} {{\n chain in {{ type filter hook input priority -300; iifname \"eth0\" drop; }}\n \
+             chain out {{ type filter hook output priority -300; oifname \"eth0\" drop; }}\n}}\n"
+        );
+        let out = nft(host.name(), &script).expect("nft runs");
+        assert!(
+            out.status.success(),
+            "nft: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Fault {
+            host: host.clone(),
+            table,
+        }
+    }
+}
+
+impl Drop for Fault {
+    fn drop(&mut self) {
+        let _ = nft(
+            self.host.name(),
+            &format!("delete table inet {}\n", self.table),
+        );
+    }
+}
+
+/// Gives `host` a new address in its LAN (as a new DHCP lease or another Wi-Fi would) and
+/// takes the old one away: its sockets stay open, and what they send leaves from the new
+/// address, through a new NAT mapping.
+fn renumber(host: &Host) {
+    let old = host.addr();
+    let [a, b, c, d] = old.octets();
+    let new = std::net::Ipv4Addr::new(a, b, c, d.wrapping_add(100));
+    let gateway = std::net::Ipv4Addr::new(a, b, c, 1);
+    for args in [
+        vec!["sysctl", "-qw", "net.ipv4.conf.eth0.promote_secondaries=1"],
+        vec!["ip", "addr", "add", &format!("{new}/24"), "dev", "eth0"],
+        vec!["ip", "addr", "del", &format!("{old}/24"), "dev", "eth0"],
+        vec![
+            "ip",
+            "route",
+            "replace",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ],
+    ] {
+        let out = host.command(args[0]).args(&args[1..]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// SHA-256, hex.
+fn hex(digest: ring::digest::Digest) -> String {
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What the dialer's side saw.
+struct Streamed {
+    sent: (usize, String),
+    echoed: (usize, String),
+    /// From the fault's end to the first echoed byte after it.
+    recovery: Option<Duration>,
+    path_after: String,
+}
+
+/// Streams 50 MB from a node in `dialer` to `name`'s echo: half, then a trickle while
+/// `fault` runs (it gets called with the stream half done and returns when the fault is over),
+/// then the rest.
+fn stream_across(dialer: &Host, name: &str, fault: impl FnOnce()) -> Streamed {
+    let (half_tx, half_rx) = std::sync::mpsc::channel::<()>();
+    let (over_tx, over_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let name = name.to_string();
+    let dialer = dialer.clone();
+    let node_thread = std::thread::spawn(move || {
+        dialer
+            .run(move || async move {
+                let node = fog::Node::builder()
+                    .signal(SIGNAL)
+                    .bind()
+                    .await
+                    .expect("the dialer's node registers");
+                let conn = tokio::time::timeout(Duration::from_secs(30), node.connect(&name))
+                    .await
+                    .expect("connect within 30 s")
+                    .expect("connects by name");
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                let (over_seen_tx, over_seen_rx) = tokio::sync::watch::channel(None::<Instant>);
+                let reader = tokio::spawn(async move {
+                    let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+                    let mut total = 0usize;
+                    let mut recovery = None;
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = recv.read(&mut buf).await.expect("echo reads");
+                        if n == 0 {
+                            break;
+                        }
+                        if recovery.is_none() {
+                            if let Some(over) = *over_seen_rx.borrow() {
+                                recovery = Some(over.elapsed());
+                            }
+                        }
+                        hash.update(&buf[..n]);
+                        total += n;
+                    }
+                    (total, hex(hash.finish()), recovery)
+                });
+                let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
+                let mut index = 0u64;
+                let mut total = 0usize;
+                let mut next = |len: usize| {
+                    let data = test_data(len, index);
+                    index += 1;
+                    hash.update(&data);
+                    data
+                };
+                while total < STREAM_BYTES / 2 {
+                    let data = next(64 * 1024);
+                    send.write_all(&data).await.expect("write before the fault");
+                    total += data.len();
+                }
+                half_tx.send(()).unwrap();
+                let mut over_rx = over_rx;
+                let over = loop {
+                    tokio::select! {
+                        over = &mut over_rx => break over.expect("the fault ends"),
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                            let data = next(1024);
+                            send.write_all(&data).await.expect("write during the fault");
+                            total += data.len();
+                        }
+                    }
+                };
+                over_seen_tx.send_replace(Some(over));
+                while total < STREAM_BYTES {
+                    let data = next((64 * 1024).min(STREAM_BYTES - total));
+                    send.write_all(&data).await.expect("write after the fault");
+                    total += data.len();
+                }
+                send.shutdown().await.expect("finish");
+                let sent = (total, hex(hash.finish()));
+                let (echoed, echoed_hash, recovery) =
+                    tokio::time::timeout(Duration::from_secs(120), reader)
+                        .await
+                        .expect("the echo ends within 120 s")
+                        .unwrap();
+                let path_after = format!("{:?}", conn.path_kind());
+                conn.close("done");
+                node.shutdown().await;
+                Streamed {
+                    sent,
+                    echoed: (echoed, echoed_hash),
+                    recovery,
+                    path_after,
+                }
+            })
+            .expect("the dialer's namespace thread")
+    });
+    half_rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("half the stream written within 120 s");
+    fault();
+    let _ = over_tx.send(Instant::now());
+    node_thread
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// `fog serve` behind `b`, a dialer behind `a`, a 50 MB stream across `fault` (given the
+/// dialer's and the server's hosts); then `fog serve` must still answer by name.
+fn run(a: NatBehaviour, b: NatBehaviour, label: &str, fault: impl FnOnce(&Host, &Host)) {
+    let (mut lab, _server) = lab_with_fog_server(true);
+    let ra = lab.router(a, Link::default()).unwrap();
+    let dialer = lab.host(&ra, Link::default()).unwrap();
+    let rb = lab.router(b, Link::default()).unwrap();
+    let served = lab.host(&rb, Link::default()).unwrap();
+    let name = format!("fault-{label}-{}", std::process::id());
+    let mut serve = start(
+        &served,
+        &["serve", "--signal", SIGNAL, "--name", &name],
+        "peer id:",
+    );
+    let streamed = stream_across(&dialer, &name, || fault(&dialer, &served));
+    assert!(streamed.sent.0 >= STREAM_BYTES);
+    assert_eq!(
+        streamed.echoed.0, streamed.sent.0,
+        "{label}: bytes lost or added"
+    );
+    assert_eq!(
+        streamed.echoed.1, streamed.sent.1,
+        "{label}: the echo differs"
+    );
+    println!(
+        "{label}: {} MB echoed whole, first byte {} after the fault, on the {} path",
+        streamed.sent.0 >> 20,
+        streamed
+            .recovery
+            .map_or("never".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+        streamed.path_after
+    );
+    assert!(
+        serve.0.try_wait().unwrap().is_none(),
+        "{label}: fog serve exited"
+    );
+    let out = connect(&dialer, &name);
+    assert!(
+        out.status.success(),
+        "{label}: reachable by name after the fault: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_stream_survives_the_dialers_link_dark_for_10_s() {
+    run(
+        NatBehaviour::PortRestrictedCone,
+        NatBehaviour::PortRestrictedCone,
+        "dialer-dark",
+        |dialer, _| {
+            let _dark = Fault::dark(dialer);
+            std::thread::sleep(OUTAGE);
+        },
+    );
+}
+
+#[test]
+fn a_stream_survives_the_servers_link_dark_for_10_s() {
+    run(
+        NatBehaviour::SymmetricSequential,
+        NatBehaviour::RestrictedCone,
+        "server-dark",
+        |_, served| {
+            let _dark = Fault::dark(served);
+            std::thread::sleep(OUTAGE);
+        },
+    );
+}
+
+#[test]
+fn a_stream_between_two_udp_blocked_peers_crosses_the_relay_over_tcp() {
+    run(
+        NatBehaviour::UdpBlocked,
+        NatBehaviour::UdpBlocked,
+        "udp-blocked",
+        |_, _| {},
+    );
+}
+
+#[test]
+fn a_stream_survives_the_dialers_address_changing() {
+    run(
+        NatBehaviour::PortRestrictedCone,
+        NatBehaviour::PortRestrictedCone,
+        "renumbered",
+        |dialer, _| renumber(dialer),
+    );
+}
