@@ -324,22 +324,43 @@ impl fmt::Debug for PathSocket {
     }
 }
 
-/// The relay allocations of an attempt, filled in the background by a relay layer. Clones
-/// share the list.
-#[derive(Clone, Default)]
-pub struct RelaySlot(
-    std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<dyn crate::probe::RelayHandle>>>>,
-);
+/// The relay allocations of an attempt, filled in the background by a relay layer, and made
+/// again while its connection lives. Clones share the list.
+#[derive(Clone)]
+pub struct RelaySlot(std::sync::Arc<tokio::sync::watch::Sender<RelayList>>);
+
+type RelayList = Vec<std::sync::Arc<dyn crate::probe::RelayHandle>>;
+
+impl Default for RelaySlot {
+    fn default() -> Self {
+        RelaySlot(std::sync::Arc::new(tokio::sync::watch::Sender::new(
+            Vec::new(),
+        )))
+    }
+}
 
 impl RelaySlot {
     /// Adds an allocation.
     pub fn push(&self, relay: std::sync::Arc<dyn crate::probe::RelayHandle>) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(relay);
+        self.0.send_modify(|list| list.push(relay));
+    }
+
+    /// Puts `relay` in the place of the allocation on the same relay server (or adds it).
+    pub fn replace(&self, relay: std::sync::Arc<dyn crate::probe::RelayHandle>) {
+        self.0.send_modify(|list| {
+            list.retain(|r| r.server() != relay.server());
+            list.push(relay);
+        });
     }
 
     /// The allocations so far.
     pub fn all(&self) -> Vec<std::sync::Arc<dyn crate::probe::RelayHandle>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0.borrow().clone()
+    }
+
+    /// A watch that wakes when the allocations change.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<RelayList> {
+        self.0.subscribe()
     }
 }
 

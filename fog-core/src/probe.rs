@@ -41,6 +41,14 @@ pub trait RelayHandle: Send + Sync + 'static {
     fn relayed_addr(&self) -> SocketAddr;
     /// The address to send to (checks or transport) to reach `peer` through the relay.
     fn path_to(&self, peer: SocketAddr) -> SocketAddr;
+    /// Whether the allocation is ending or lost and must be made again (with fresh
+    /// credentials) for relayed paths to go on.
+    fn needs_renewal(&self) -> bool {
+        false
+    }
+    /// Says that the relayed path through the allocation died with no other path left (the
+    /// relay may have restarted and forgotten it): it is made again.
+    fn mark_lost(&self) {}
 }
 
 /// Sends authenticated connectivity checks and answers the peer's.
@@ -110,6 +118,13 @@ pub trait Prober: Send + Sync + 'static {
     fn is_relayed(&self, addr: SocketAddr) -> bool {
         let _ = addr;
         false
+    }
+
+    /// When a datagram of a routed connection last came from `addr` (any datagram, not only
+    /// checks); `None` when the prober does not know.
+    fn last_heard(&self, addr: SocketAddr) -> Option<std::time::Instant> {
+        let _ = addr;
+        None
     }
 
     /// The prober as `Any`, so that a transport can take over the socket it wraps.

@@ -155,6 +155,18 @@ pub enum ClientMessage {
         #[serde(default)]
         done: bool,
     },
+    /// New relayed candidates for a connection that is up (its relay allocation was made
+    /// again), to its peer. Unlike [`Candidates`](Self::Candidates) it needs no open offer:
+    /// connections outlive offers, and the server's restarts. The receiver takes it only for a
+    /// session of its own with the sender, whom the server names.
+    PathUpdate {
+        /// The other peer of the connection.
+        to: PeerId,
+        /// Session id, hex.
+        session: String,
+        /// The candidates that replace the sender's relayed ones.
+        candidates: Vec<Candidate>,
+    },
     /// Asks for relay credentials to reach `peer`. The server grants them only to registered
     /// nodes, and only for a peer that is registered and online now, so a relay allocation is
     /// always on the way to a real peer.
@@ -242,6 +254,15 @@ pub enum ServerMessage {
         /// Why.
         reason: String,
     },
+    /// The other peer's new relayed candidates for a connection that is up.
+    PathUpdate {
+        /// The sending peer, as the server verified it.
+        from: PeerId,
+        /// Session id.
+        session: String,
+        /// The candidates that replace its relayed ones.
+        candidates: Vec<Candidate>,
+    },
     /// The other peer's trickled candidates.
     Candidates {
         /// The sending peer, as the server verified it.
@@ -318,6 +339,23 @@ pub trait Signaller: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<(), ConnectError>> {
         let _ = (to, session, candidates, done);
         Box::pin(async { Ok(()) })
+    }
+
+    /// Sends `candidates` (our relayed ones, made again) to `to`, the peer of the connection
+    /// of `session`, which replaces our old relayed candidates with them. A signaller that
+    /// cannot fails.
+    fn update_path(
+        &self,
+        to: PeerId,
+        session: SessionKeys,
+        candidates: Vec<Candidate>,
+    ) -> BoxFuture<'static, Result<(), ConnectError>> {
+        let _ = (to, session, candidates);
+        Box::pin(async {
+            Err(ConnectError::SignalRefused(
+                "path updates are not supported".into(),
+            ))
+        })
     }
 
     /// Relay credentials for reaching `peer`, from the signal server; empty when it knows no

@@ -92,6 +92,24 @@ impl CandidateList {
     }
 }
 
+impl CandidateList {
+    /// Replaces the relayed candidates with `relayed` (the peer made its allocations again);
+    /// true when something changed. The others stay.
+    pub fn replace_relayed(&mut self, relayed: &[Candidate]) -> bool {
+        use crate::attempt::CandidateKind;
+        let before = self.candidates.len();
+        self.candidates
+            .retain(|c| c.kind != CandidateKind::Relay || relayed.iter().any(|r| r.addr == c.addr));
+        let removed = self.candidates.len() != before;
+        let fresh: Vec<Candidate> = relayed
+            .iter()
+            .copied()
+            .filter(|c| c.kind == CandidateKind::Relay)
+            .collect();
+        self.extend(&fresh, false) || removed
+    }
+}
+
 /// The peer's trickled candidates, as they arrive.
 #[derive(Clone, Debug)]
 pub struct RemoteTrickle {
@@ -117,6 +135,13 @@ impl RemoteTrickle {
         if !self.rx.has_changed().unwrap_or(false) && self.rx.borrow().complete {
             return None;
         }
+        self.rx.changed().await.ok()?;
+        Some(self.rx.borrow_and_update().clone())
+    }
+
+    /// Waits for any change, also after the list is complete (the peer's relayed candidates
+    /// made again while the connection is up); `None` once the signalling side is gone.
+    pub async fn updated(&mut self) -> Option<CandidateList> {
         self.rx.changed().await.ok()?;
         Some(self.rx.borrow_and_update().clone())
     }
@@ -164,6 +189,25 @@ mod tests {
         assert_eq!(list.candidates.len(), MAX_TRICKLED);
         assert!(list.extend(&[], true));
         assert!(!list.extend(&[], true));
+    }
+
+    #[tokio::test]
+    async fn relayed_candidates_are_replaced_and_seen_after_completion() {
+        let relay = |port| Candidate::relay(std::net::SocketAddr::from(([203, 0, 113, 9], port)));
+        let (tx, rx) = watch::channel(CandidateList::default());
+        let mut remote = RemoteTrickle::new(rx);
+        tx.send_modify(|l| {
+            l.extend(&[cand(1), relay(50)], true);
+        });
+        remote
+            .wait_for(Duration::from_secs(5), |l| l.complete)
+            .await;
+        assert!(remote.changed().await.is_none(), "complete for the punch");
+        tx.send_if_modified(|l| l.replace_relayed(&[relay(60), cand(2)]));
+        let updated = remote.updated().await.expect("the update is seen");
+        assert_eq!(updated.candidates, vec![cand(1), relay(60)]);
+        // The same again changes nothing.
+        assert!(!tx.send_if_modified(|l| l.replace_relayed(&[relay(60)])));
     }
 
     #[tokio::test]

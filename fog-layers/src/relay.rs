@@ -27,6 +27,12 @@ use crate::future::{take_inner, ResponseFuture};
 /// What the background lookup of relay candidates is called in `Attempt::local_gathering`.
 pub const RELAY_GATHERING: &str = "relay";
 
+/// How often a connection's allocations are looked at for renewal.
+const RENEWAL_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+/// Least time between two renewals of a connection's allocations (one that failed, because
+/// the relay is still down or our link is, is tried again after it).
+const RENEWAL_GAP: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Allocates relay paths through `prober`, with credentials from `signaller`.
 #[derive(Clone)]
 pub struct RelayFallbackLayer {
@@ -138,6 +144,98 @@ async fn allocate_nearest(
     Vec::new()
 }
 
+/// Everything the keeper of a connection's allocations needs.
+struct Keeper {
+    prober: Arc<dyn Prober>,
+    signaller: Arc<dyn Signaller>,
+    configured: Vec<RelayGrant>,
+    transport: TurnTransport,
+    slot: RelaySlot,
+    events: EventBus,
+    session: fog_core::SessionKeys,
+    lifeline: fog_core::LifelineWatch,
+}
+
+impl Keeper {
+    /// Keeps the connection's allocations for as long as it lives: one that ends (the relay's
+    /// maximum lifetime, credentials that expire) or is lost (the relay restarted) is made
+    /// again with fresh credentials, and the peer gets the new relayed address.
+    async fn run(self, peer: fog_core::PeerId) {
+        let mut tick = tokio::time::interval(RENEWAL_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<tokio::time::Instant> = None;
+        while self.lifeline.alive() {
+            tick.tick().await;
+            let stale: Vec<SocketAddr> = self
+                .slot
+                .all()
+                .iter()
+                .filter(|r| r.needs_renewal())
+                .map(|r| r.server())
+                .collect();
+            if stale.is_empty() || last.is_some_and(|at| at.elapsed() < RENEWAL_GAP) {
+                continue;
+            }
+            last = Some(tokio::time::Instant::now());
+            let renewed = self.renew(peer, &stale).await;
+            if renewed == 0 {
+                continue;
+            }
+            let relayed: Vec<Candidate> = self
+                .slot
+                .all()
+                .iter()
+                .map(|r| Candidate::relay(r.relayed_addr()))
+                .collect();
+            if let Err(e) = self
+                .signaller
+                .update_path(peer, self.session, relayed)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "relayed address not sent to the peer");
+            }
+        }
+    }
+
+    /// Allocates again on the relays in `stale`; how many it made.
+    async fn renew(&self, peer: fog_core::PeerId, stale: &[SocketAddr]) -> usize {
+        let mut grants = self.configured.clone();
+        match self.signaller.relay_credentials(PeerRef::Id(peer)).await {
+            Ok(granted) => grants.extend(granted),
+            Err(e) => tracing::debug!(error = %e, "no fresh relay credentials"),
+        }
+        let local = self.prober.local_addr();
+        let mut made = 0;
+        for grant in grants {
+            let Some(server) = relay_addr(&grant.url, self.transport, local).await else {
+                continue;
+            };
+            if !stale.contains(&server) {
+                continue;
+            }
+            match self
+                .prober
+                .clone()
+                .allocate_relay(server, self.transport, grant.username, grant.password)
+                .await
+            {
+                Ok(relay) => {
+                    let allocated = relay.relayed_addr();
+                    tracing::debug!(%server, %allocated, "relay allocation made again");
+                    self.events.emit(Event::RelayAllocated {
+                        relay: server,
+                        allocated,
+                    });
+                    self.slot.replace(relay);
+                    made += 1;
+                }
+                Err(e) => tracing::debug!(%server, error = %e, "relay allocation not made again"),
+            }
+        }
+        made
+    }
+}
+
 impl<S> Service<Attempt> for RelayFallback<S>
 where
     S: Service<Attempt, Response = Connection> + Clone + Send + 'static,
@@ -168,13 +266,26 @@ where
             attempt.relays.clone(),
             attempt.events.clone(),
         );
+        let keeper = Keeper {
+            prober: self.prober.clone(),
+            signaller: self.signaller.clone(),
+            configured: self.servers.clone(),
+            transport,
+            slot: attempt.relays.clone(),
+            events: attempt.events.clone(),
+            session: attempt.session,
+            lifeline: attempt.lifeline.watch(),
+        };
         ResponseFuture::new(async move {
             use tracing::Instrument;
             let span = tracing::debug_span!("relay", target = %attempt.target);
-            attempt
-                .local_gathering
-                .push(Gathering::spawn(RELAY_GATHERING, lookup.instrument(span)));
-            inner.oneshot(attempt).await.map_err(Into::into)
+            attempt.local_gathering.push(Gathering::spawn(
+                RELAY_GATHERING,
+                lookup.instrument(span.clone()),
+            ));
+            let connection = inner.oneshot(attempt).await.map_err(Into::into)?;
+            tokio::spawn(keeper.run(connection.peer_id()).instrument(span));
+            Ok(connection)
         })
     }
 }

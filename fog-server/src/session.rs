@@ -369,8 +369,38 @@ fn route(state: &State, from: PeerId, message: ClientMessage) -> Option<ServerMe
                 .err()
                 .map(|e| route_error(e, Some(session)))
         }
+        ClientMessage::PathUpdate {
+            to,
+            session,
+            candidates,
+        } => {
+            if !valid_session(&session) {
+                return Some(error(
+                    ErrorCode::BadMessage,
+                    "session must be 32 hex characters",
+                ));
+            }
+            if candidates.len() > MAX_PATH_UPDATE {
+                return Some(error(
+                    ErrorCode::BadMessage,
+                    format!("at most {MAX_PATH_UPDATE} candidates per path update"),
+                ));
+            }
+            let message = ServerMessage::PathUpdate {
+                from,
+                session: session.clone(),
+                candidates,
+            };
+            state
+                .path_update(to, message)
+                .err()
+                .map(|e| route_error(e, Some(session)))
+        }
     }
 }
+
+/// Most candidates in one path update: a node's relayed addresses, one per relay.
+const MAX_PATH_UPDATE: usize = 8;
 
 fn route_error_of(code: ErrorCode, message: String, session: &str) -> ServerMessage {
     ServerMessage::Error {

@@ -305,6 +305,13 @@ impl State {
         Self::deliver(&tables, to, message).map(|_| ())
     }
 
+    /// Delivers a path update to `to`: no offer needed (the connection outlives it, and this
+    /// server's restarts); the receiver checks the session and the sender it is stamped with.
+    pub(crate) fn path_update(&self, to: PeerId, message: ServerMessage) -> Result<(), RouteError> {
+        let tables = self.tables();
+        Self::deliver(&tables, &PeerRef::Id(to), message).map(|_| ())
+    }
+
     /// Delivers `message` to `target` (a peer id or name) and returns its peer id.
     fn deliver(
         tables: &Tables,

@@ -31,6 +31,82 @@ const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Datagrams queued towards one relay before new ones are dropped (as a congested link would).
 const SEND_QUEUE: usize = 1024;
+/// An allocation is made again this long before the relay ends it (its lifetime runs out and
+/// a refresh gives no more: the relay's maximum lifetime, or credentials that expire).
+pub const RENEW_BEFORE: Duration = Duration::from_secs(5);
+
+/// What the node knows of an allocation's health, from the relay's answers and the traffic.
+#[derive(Debug)]
+struct Health {
+    /// When the relay will end the allocation unless a refresh extends it: from the LIFETIME
+    /// of its last Allocate or Refresh answer.
+    expires: Option<std::time::Instant>,
+    /// The relay refused a refresh (the allocation is gone, or the credentials expired), or
+    /// the connections through it found it lost.
+    refused: bool,
+}
+
+type SharedHealth = Arc<std::sync::Mutex<Health>>;
+
+fn lock(h: &SharedHealth) -> std::sync::MutexGuard<'_, Health> {
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// STUN message types (RFC 8489 §5) of the answers that tell about the allocation.
+const ALLOCATE_SUCCESS: u16 = 0x0103;
+const REFRESH_SUCCESS: u16 = 0x0104;
+const REFRESH_ERROR: u16 = 0x0114;
+const ATTR_LIFETIME: u16 = 0x000d;
+const ATTR_ERROR_CODE: u16 = 0x0009;
+/// Stale nonce: the TURN client retries with the new one.
+const STALE_NONCE: u16 = 438;
+
+/// What one message from the relay says about the allocation.
+#[derive(Debug, PartialEq, Eq)]
+enum Told {
+    /// Allocated or refreshed for this long.
+    Lifetime(Duration),
+    /// A refresh was refused with this code.
+    Refused(u16),
+}
+
+/// Reads the allocation's fate from a message of the relay (sans IO): the LIFETIME of an
+/// Allocate or Refresh success, or the code of a refused refresh. `None` for anything else
+/// (data, other answers, garbage).
+fn told(message: &[u8]) -> Option<Told> {
+    if message.len() < 20 || message[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let kind = u16::from_be_bytes([message[0], message[1]]);
+    let len = usize::from(u16::from_be_bytes([message[2], message[3]]));
+    let body = message.get(20..20 + len)?;
+    let attribute = |wanted: u16| {
+        let mut at = 0;
+        while at + 4 <= body.len() {
+            let typ = u16::from_be_bytes([body[at], body[at + 1]]);
+            let alen = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
+            let value = body.get(at + 4..at + 4 + alen)?;
+            if typ == wanted {
+                return Some(value);
+            }
+            at += 4 + alen.div_ceil(4) * 4;
+        }
+        None
+    };
+    match kind {
+        ALLOCATE_SUCCESS | REFRESH_SUCCESS => {
+            let v = attribute(ATTR_LIFETIME)?;
+            let secs = u32::from_be_bytes(v.get(..4)?.try_into().ok()?);
+            Some(Told::Lifetime(Duration::from_secs(u64::from(secs))))
+        }
+        REFRESH_ERROR => {
+            let v = attribute(ATTR_ERROR_CODE)?;
+            let code = u16::from(*v.get(2)? & 0x07) * 100 + u16::from(*v.get(3)?);
+            Some(Told::Refused(code))
+        }
+        _ => None,
+    }
+}
 
 /// Why a relay allocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +149,9 @@ pub struct RelayAllocation {
     /// Weak: the socket keeps its allocations, not the other way round.
     socket: Weak<FogSocket>,
     client: Option<turn::client::Client>,
+    /// The relayed side, to end the allocation at the relay (a Refresh of lifetime 0).
+    relay_conn: Arc<dyn Conn + Send + Sync>,
+    health: SharedHealth,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -105,6 +184,31 @@ impl RelayAllocation {
             None => peer,
         }
     }
+
+    /// Whether the allocation must be made again: the relay refused a refresh, it ends
+    /// within [`RENEW_BEFORE`], or it was found lost (see `RelayHandle::mark_lost`). Silence
+    /// alone says nothing: a peer that has not learned a new relayed address yet is silent
+    /// too.
+    pub fn needs_renewal(&self) -> bool {
+        needs_renewal(&lock(&self.health), std::time::Instant::now())
+    }
+
+    /// Ends the allocation at the relay now (so that a new one can be made from the same
+    /// address) and stops using it.
+    pub async fn close(&self) {
+        lock(&self.health).refused = true;
+        let _ = self.relay_conn.close().await;
+        if let Some(client) = &self.client {
+            let _ = client.close().await;
+        }
+    }
+}
+
+fn needs_renewal(h: &Health, now: std::time::Instant) -> bool {
+    let expiring = h
+        .expires
+        .is_some_and(|at| at.saturating_duration_since(now) <= RENEW_BEFORE);
+    h.refused || expiring
 }
 
 impl Drop for RelayAllocation {
@@ -143,6 +247,8 @@ struct ServerConn {
     server: SocketAddr,
     incoming: tokio::sync::Mutex<mpsc::UnboundedReceiver<Vec<u8>>>,
     outbound: Outbound,
+    /// What the relay's answers tell about the allocation.
+    health: SharedHealth,
 }
 
 impl Drop for ServerConn {
@@ -162,6 +268,7 @@ impl ServerConn {
     fn udp(
         socket: &Arc<FogSocket>,
         server: SocketAddr,
+        health: SharedHealth,
     ) -> (ServerConn, mpsc::UnboundedSender<Vec<u8>>) {
         let (tx, incoming) = mpsc::unbounded_channel();
         let conn = ServerConn {
@@ -169,12 +276,13 @@ impl ServerConn {
             server,
             incoming: tokio::sync::Mutex::new(incoming),
             outbound: Outbound::Udp(Arc::downgrade(socket)),
+            health,
         };
         (conn, tx)
     }
 
     /// Over a TCP connection to the relay (TURN over TCP).
-    async fn tcp(server: SocketAddr) -> io::Result<ServerConn> {
+    async fn tcp(server: SocketAddr, health: SharedHealth) -> io::Result<ServerConn> {
         let stream =
             tokio::time::timeout(TCP_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(server))
                 .await
@@ -200,7 +308,23 @@ impl ServerConn {
                 writer: tokio::sync::Mutex::new(write),
                 reader,
             },
+            health,
         })
+    }
+
+    /// Notes what a message of the relay says about the allocation.
+    fn observe(&self, message: &[u8]) {
+        match told(message) {
+            // A lifetime of 0 answers our own release.
+            Some(Told::Lifetime(lifetime)) if !lifetime.is_zero() => {
+                lock(&self.health).expires = Some(std::time::Instant::now() + lifetime);
+            }
+            Some(Told::Refused(code)) if code != STALE_NONCE => {
+                tracing::debug!(server = %self.server, code, "the relay refused a refresh");
+                lock(&self.health).refused = true;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -216,6 +340,7 @@ impl Conn for ServerConn {
 
     async fn recv_from(&self, buf: &mut [u8]) -> webrtc_util::Result<(usize, SocketAddr)> {
         let message = self.incoming.lock().await.recv().await.ok_or_else(closed)?;
+        self.observe(&message);
         let len = message.len().min(buf.len());
         buf[..len].copy_from_slice(&message[..len]);
         Ok((len, self.server))
@@ -274,13 +399,17 @@ pub(crate) async fn allocate(
         server: relay.addr,
         reason,
     };
+    let health: SharedHealth = Arc::new(std::sync::Mutex::new(Health {
+        expires: None,
+        refused: false,
+    }));
     let (conn, from_server) = match relay.transport {
         TurnTransport::Udp => {
-            let (conn, from_server) = ServerConn::udp(socket, relay.addr);
+            let (conn, from_server) = ServerConn::udp(socket, relay.addr, health.clone());
             (conn, Some(from_server))
         }
         TurnTransport::Tcp => {
-            let conn = ServerConn::tcp(relay.addr)
+            let conn = ServerConn::tcp(relay.addr, health.clone())
                 .await
                 .map_err(|e| refused(e.to_string()))?;
             (conn, None)
@@ -309,17 +438,18 @@ pub(crate) async fn allocate(
         .listen()
         .await
         .map_err(|e| detach(refused(e.to_string())))?;
-    let relay_conn = match tokio::time::timeout(ALLOCATE_TIMEOUT, client.allocate()).await {
-        Ok(Ok(conn)) => Arc::new(conn),
-        Ok(Err(e)) => {
-            let _ = client.close().await;
-            return Err(detach(refused(e.to_string())));
-        }
-        Err(_) => {
-            let _ = client.close().await;
-            return Err(detach(RelayError::Timeout(relay.addr)));
-        }
-    };
+    let relay_conn: Arc<dyn Conn + Send + Sync> =
+        match tokio::time::timeout(ALLOCATE_TIMEOUT, client.allocate()).await {
+            Ok(Ok(conn)) => Arc::new(conn),
+            Ok(Err(e)) => {
+                let _ = client.close().await;
+                return Err(detach(refused(e.to_string())));
+            }
+            Err(_) => {
+                let _ = client.close().await;
+                return Err(detach(RelayError::Timeout(relay.addr)));
+            }
+        };
     let relayed = relay_conn
         .local_addr()
         .map_err(|e| detach(refused(e.to_string())))?;
@@ -332,9 +462,10 @@ pub(crate) async fn allocate(
         }
     });
     let weak = Arc::downgrade(socket);
+    let receiver = relay_conn.clone();
     let recv_pump = tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
-        while let Ok((len, peer)) = relay_conn.recv_from(&mut buf).await {
+        while let Ok((len, peer)) = receiver.recv_from(&mut buf).await {
             let Some(socket) = weak.upgrade() else {
                 return;
             };
@@ -348,6 +479,8 @@ pub(crate) async fn allocate(
         relayed,
         socket: Arc::downgrade(socket),
         client: Some(client),
+        relay_conn,
+        health,
         tasks: vec![send_pump, recv_pump],
     })
 }
@@ -371,5 +504,91 @@ impl fog_core::RelayHandle for RelayAllocation {
 
     fn path_to(&self, peer: SocketAddr) -> SocketAddr {
         RelayAllocation::path_to(self, peer)
+    }
+
+    fn needs_renewal(&self) -> bool {
+        RelayAllocation::needs_renewal(self)
+    }
+
+    fn mark_lost(&self) {
+        tracing::debug!(server = %self.server, relayed = %self.relayed, "relay allocation taken for lost");
+        lock(&self.health).refused = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A STUN message of `kind` with one attribute.
+    fn message(kind: u16, attr: u16, value: &[u8]) -> Vec<u8> {
+        let padded = value.len().div_ceil(4) * 4;
+        let mut m = Vec::new();
+        m.extend_from_slice(&kind.to_be_bytes());
+        m.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&attr.to_be_bytes());
+        m.extend_from_slice(&(value.len() as u16).to_be_bytes());
+        m.extend_from_slice(value);
+        m.resize(20 + 4 + padded, 0);
+        m
+    }
+
+    #[test]
+    fn the_relays_answers_tell_the_lifetime_and_refusals() {
+        let lifetime = |secs: u32| secs.to_be_bytes();
+        assert_eq!(
+            told(&message(ALLOCATE_SUCCESS, ATTR_LIFETIME, &lifetime(20))),
+            Some(Told::Lifetime(Duration::from_secs(20)))
+        );
+        assert_eq!(
+            told(&message(REFRESH_SUCCESS, ATTR_LIFETIME, &lifetime(7))),
+            Some(Told::Lifetime(Duration::from_secs(7)))
+        );
+        // 437 Allocation Mismatch: class 4, number 37.
+        assert_eq!(
+            told(&message(
+                REFRESH_ERROR,
+                ATTR_ERROR_CODE,
+                &[0, 0, 4, 37, b'x']
+            )),
+            Some(Told::Refused(437))
+        );
+        // Other messages, and cut or foreign bytes, say nothing.
+        assert_eq!(told(&message(0x0101, ATTR_LIFETIME, &lifetime(9))), None);
+        let cut = message(REFRESH_SUCCESS, ATTR_LIFETIME, &lifetime(7));
+        assert_eq!(told(&cut[..cut.len() - 2]), None);
+        assert_eq!(told(&[0x40; 64]), None);
+        assert_eq!(told(&[]), None);
+    }
+
+    #[test]
+    fn an_allocation_is_renewed_when_refused_or_near_its_end() {
+        let now = Instant::now();
+        let fresh = Health {
+            expires: Some(now + Duration::from_secs(60)),
+            refused: false,
+        };
+        assert!(!needs_renewal(&fresh, now));
+        assert!(!needs_renewal(
+            &Health {
+                expires: None,
+                refused: false
+            },
+            now
+        ));
+        let ending = Health {
+            expires: Some(now + RENEW_BEFORE),
+            ..fresh
+        };
+        assert!(needs_renewal(&ending, now));
+        assert!(needs_renewal(&fresh, now + Duration::from_secs(56)));
+        let refused = Health {
+            refused: true,
+            ..fresh
+        };
+        assert!(needs_renewal(&refused, now));
     }
 }

@@ -84,6 +84,9 @@ struct Routes {
     current: HashMap<SocketAddr, SocketAddr>,
     /// Every real address a route used, to its stand-in.
     by_real: HashMap<SocketAddr, SocketAddr>,
+    /// When a datagram last came from each of those real addresses: a path that carries the
+    /// connection's packets is alive, even when a check on it is lost in a queue.
+    heard: HashMap<SocketAddr, Instant>,
     allocated: u32,
 }
 
@@ -141,6 +144,7 @@ impl Routes {
             let live: std::collections::HashSet<SocketAddr> =
                 self.current.values().copied().collect();
             self.by_real.retain(|real, _| live.contains(real));
+            self.heard.retain(|real, _| live.contains(real));
         }
         self.by_real.insert(real, stand_in);
     }
@@ -169,8 +173,9 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
 /// through them (see [`crate::relay`]).
 #[derive(Default)]
 struct Relays {
-    /// Relay servers: what they send goes to their TURN client, not to QUIC.
-    servers: HashMap<SocketAddr, mpsc::UnboundedSender<Vec<u8>>>,
+    /// Relay servers: what they send goes to their TURN client (of the allocation with this
+    /// id), not to QUIC.
+    servers: HashMap<SocketAddr, (u32, mpsc::UnboundedSender<Vec<u8>>)>,
     /// Per allocation, the queue of its send pump.
     links: HashMap<u32, mpsc::Sender<(Vec<u8>, SocketAddr)>>,
     /// Per allocation, its relay server.
@@ -232,6 +237,10 @@ pub struct FogSocket {
 }
 
 type RelayKey = (SocketAddr, fog_core::TurnTransport);
+
+/// How long a new allocation waits for the relay to handle the release of the one it
+/// replaces, when the relay refused it at first.
+const RELEASE_WAIT: Duration = Duration::from_millis(300);
 
 /// How long an allocation nobody uses is kept.
 const RELAY_LINGER: Duration = Duration::from_secs(60);
@@ -399,11 +408,34 @@ impl FogSocket {
     ) -> Result<Arc<crate::relay::RelayAllocation>, crate::relay::RelayError> {
         let key = (canonical(relay.addr), relay.transport);
         let mut allocations = self.allocations.lock().await;
+        let mut released = false;
         if let Some(existing) = allocations.get(&key) {
-            return Ok(existing.clone());
+            if !existing.needs_renewal() {
+                return Ok(existing.clone());
+            }
+            // Ending or lost: released at the relay first, since a new allocation from the
+            // same address would be the same TURN 5-tuple. Its users move to the new one.
+            tracing::debug!(server = %relay.addr, "relay allocation made again");
+            existing.close().await;
+            allocations.remove(&key);
+            released = true;
         }
-        let allocation = Arc::new(crate::relay::allocate(self, relay).await?);
+        let allocation = match crate::relay::allocate(self, relay).await {
+            Ok(allocation) => allocation,
+            // The release is not awaited (the TURN client sends it and goes on): a relay that
+            // has not handled it yet refuses the same 5-tuple (437). Once more, a moment later.
+            Err(crate::relay::RelayError::Refused { reason, .. })
+                if released && relay.transport == fog_core::TurnTransport::Udp =>
+            {
+                tracing::debug!(server = %relay.addr, %reason, "allocated again after the release");
+                tokio::time::sleep(RELEASE_WAIT).await;
+                crate::relay::allocate(self, relay).await?
+            }
+            Err(e) => return Err(e),
+        };
+        let allocation = Arc::new(allocation);
         allocations.insert(key, allocation.clone());
+        let id = allocation.id;
         // Released once nobody but this cache has used it for a whole linger period.
         let cache = Arc::downgrade(&self.allocations);
         tokio::spawn(async move {
@@ -417,6 +449,10 @@ impl FogSocket {
                 let Some(allocation) = allocations.get(&key) else {
                     return;
                 };
+                if allocation.id != id {
+                    // Made again since: the new one has its own watch.
+                    return;
+                }
                 idle_rounds = if Arc::strong_count(allocation) == 1 {
                     idle_rounds + 1
                 } else {
@@ -447,7 +483,7 @@ impl FogSocket {
         relays.next_allocation += 1;
         let id = relays.next_allocation;
         if let Some(from_server) = from_server {
-            relays.servers.insert(canonical(server), from_server);
+            relays.servers.insert(canonical(server), (id, from_server));
         }
         relays.links.insert(id, tx);
         relays.link_servers.insert(id, server);
@@ -458,7 +494,14 @@ impl FogSocket {
 
     pub(crate) fn detach_relay(&self, id: u32, server: SocketAddr) {
         let mut relays = self.relays();
-        relays.servers.remove(&canonical(server));
+        // Only its own: a newer allocation on the same relay may have taken the server over.
+        if relays
+            .servers
+            .get(&canonical(server))
+            .is_some_and(|(owner, _)| *owner == id)
+        {
+            relays.servers.remove(&canonical(server));
+        }
         relays.links.remove(&id);
         relays.link_servers.remove(&id);
         relays.stand_ins.retain(|(a, _), _| *a != id);
@@ -548,7 +591,7 @@ impl FogSocket {
         }
         let relays = self.relays();
         match relays.servers.get(&canonical(from)) {
-            Some(tx) => {
+            Some((_, tx)) => {
                 let _ = tx.send(datagram.to_vec());
                 true
             }
@@ -624,8 +667,14 @@ impl FogSocket {
         if !self.routing() {
             return from;
         }
-        match self.routes().by_real.get(&canonical(from)) {
-            Some(stand_in) => self.presented(*stand_in),
+        let real = canonical(from);
+        let mut routes = self.routes();
+        match routes.by_real.get(&real).copied() {
+            Some(stand_in) => {
+                routes.heard.insert(real, Instant::now());
+                drop(routes);
+                self.presented(stand_in)
+            }
             None => from,
         }
     }
@@ -749,6 +798,10 @@ impl Prober for FogSocket {
 
     fn is_relayed(&self, addr: SocketAddr) -> bool {
         self.relay_behind(addr).is_some()
+    }
+
+    fn last_heard(&self, addr: SocketAddr) -> Option<Instant> {
+        self.routes().heard.get(&canonical(addr)).copied()
     }
 
     fn note_peer_relay(&self, addr: SocketAddr) {

@@ -536,6 +536,27 @@ impl Inner {
                     .tx
                     .send_if_modified(|list| list.extend(&candidates, done));
             }
+            ServerMessage::PathUpdate {
+                from,
+                session,
+                candidates,
+            } => {
+                // Only into a session we keep, from the peer that trickled into it: anyone may
+                // send a path update, and a session id is no secret.
+                let mut pending = self.pending();
+                let Some(entry) = pending.trickles.get_mut(&session) else {
+                    tracing::debug!(%from, %session, "path update for no session of ours");
+                    return;
+                };
+                if entry.from != Some(from) {
+                    tracing::debug!(%from, %session, "path update from another peer ignored");
+                    return;
+                }
+                entry.at = Instant::now();
+                entry
+                    .tx
+                    .send_if_modified(|list| list.replace_relayed(&candidates));
+            }
             ServerMessage::Challenge { .. }
             | ServerMessage::Registered { .. }
             | ServerMessage::Resolved { .. } => {}
@@ -668,6 +689,25 @@ impl Signaller for SignalClient {
             done,
         });
         Box::pin(async move { sent })
+    }
+
+    fn update_path(
+        &self,
+        to: PeerId,
+        session: SessionKeys,
+        candidates: Vec<Candidate>,
+    ) -> BoxFuture<'static, Result<(), ConnectError>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // Waits for the signal link like an offer does: the update matters most right
+            // after the signal server (which may be the relay too) came back.
+            inner.connected().await?;
+            inner.send(ClientMessage::PathUpdate {
+                to,
+                session: session.id_hex(),
+                candidates,
+            })
+        })
     }
 
     fn relay_credentials(

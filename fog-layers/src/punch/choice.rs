@@ -18,6 +18,9 @@ pub const MIN_GAIN: Duration = Duration::from_millis(2);
 pub struct PathChoice {
     current: SocketAddr,
     current_relayed: bool,
+    /// The pair in use is gone for good (a relayed address made again): any pair that answers
+    /// takes over.
+    current_retired: bool,
     best_rtt: HashMap<SocketAddr, Duration>,
 }
 
@@ -27,8 +30,23 @@ impl PathChoice {
         PathChoice {
             current: first,
             current_relayed: relayed,
+            current_retired: false,
             best_rtt: HashMap::from([(first, rtt)]),
         }
+    }
+
+    /// `addr` is gone for good (the relayed address behind it was made again); when it is
+    /// the pair in use, the next pair to answer takes over whatever its round trip.
+    pub fn retire(&mut self, addr: SocketAddr) {
+        self.best_rtt.remove(&addr);
+        if addr == self.current {
+            self.current_retired = true;
+        }
+    }
+
+    /// Whether the pair in use is gone for good.
+    pub fn retired(&self) -> bool {
+        self.current_retired
     }
 
     /// Whether the pair in use goes through a relay.
@@ -50,6 +68,7 @@ impl PathChoice {
     pub fn fall_back(&mut self, to: SocketAddr, relayed: bool) {
         self.current = to;
         self.current_relayed = relayed;
+        self.current_retired = false;
     }
 
     /// The pair in use turned out to go through a relay (the peer's relayed address answered
@@ -68,7 +87,14 @@ impl PathChoice {
         if addr == self.current {
             return false;
         }
-        let current_rtt = self.best_rtt[&self.current];
+        let Some(&current_rtt) = self
+            .best_rtt
+            .get(&self.current)
+            .filter(|_| !self.current_retired)
+        else {
+            self.fall_back(addr, relayed);
+            return true;
+        };
         let lan = |a: SocketAddr| is_local_only(a.ip());
         let better = match (relayed, self.current_relayed) {
             (false, true) => true,
@@ -100,6 +126,24 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_retired_pair_gives_way_to_the_next_that_answers() {
+        let old = addr("203.0.113.9:50000");
+        let mut choice = PathChoice::new(old, ms(10), true);
+        // A slower relay pair does not take over a working one…
+        assert!(!choice.answered(addr("203.0.113.9:50001"), ms(30), true));
+        // …but does once the one in use is gone for good.
+        choice.retire(addr("203.0.113.9:49999"));
+        assert!(!choice.retired());
+        choice.retire(old);
+        assert!(choice.retired());
+        assert!(choice.answered(addr("203.0.113.9:50002"), ms(40), true));
+        assert_eq!(choice.current(), addr("203.0.113.9:50002"));
+        assert!(!choice.retired());
+        // And the usual rules hold again.
+        assert!(!choice.answered(addr("203.0.113.9:50003"), ms(39), true));
     }
 
     #[test]

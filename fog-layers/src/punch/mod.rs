@@ -145,6 +145,10 @@ pub const REFINE_FOR: Duration = Duration::from_secs(3);
 pub const MONITOR_INTERVAL: Duration = Duration::from_secs(1);
 /// A pair that has not answered for this long is dead.
 pub const DEAD_AFTER: Duration = Duration::from_millis(3500);
+/// After our relay allocations were made again (or taken for lost), how long before a dead
+/// relay path takes them for lost again: the peer needs the time to learn the new relayed
+/// addresses and check them.
+pub const RENEWAL_GRACE: Duration = Duration::from_secs(10);
 /// Longest wait for the rest of the peer's candidates when a side must know them all before
 /// its first check.
 const TRICKLE_WAIT: Duration = Duration::from_secs(2);
@@ -180,6 +184,8 @@ struct Checks {
     filter: TargetFilter,
     replies: mpsc::UnboundedReceiver<CheckEvent>,
     trickle: Option<RemoteTrickle>,
+    /// The peer said it has no more candidates for the punch.
+    trickle_done: bool,
     /// Every candidate of the peer so far, to name the kind of the pair that answers.
     known: Vec<Candidate>,
     /// Targets that go through a relay (ours or the peer's).
@@ -191,6 +197,15 @@ struct Checks {
     /// Our socket cannot send UDP (a UDP-blocking firewall): the peer's relayed addresses are
     /// reached through our relays too, allocation to allocation.
     udp_blocked: bool,
+    /// The paths through our allocations: the relayed address of the allocation, and the
+    /// stand-in, so that an allocation made again takes its paths with it.
+    our_paths: Vec<(SocketAddr, SocketAddr)>,
+    /// Pairs gone for good since the path choice last heard (relayed addresses made again).
+    retired: Vec<SocketAddr>,
+    /// When relayed addresses (ours or the peer's) were last made again, and when ours were
+    /// last taken for lost.
+    renewed_at: Option<tokio::time::Instant>,
+    marked_lost_at: Option<tokio::time::Instant>,
     /// Until our relay gathering is done; then its allocations come from `relay_slot`. Kept
     /// past the punch: a direct pair often answers first, and the relay pairs made later are
     /// what the connection falls back on.
@@ -225,6 +240,14 @@ impl Checks {
         }
     }
 
+    /// Tells the path choice of the pairs gone for good; when the one in use is among them,
+    /// the next pair to answer carries the connection.
+    fn retire(&mut self, choice: &mut PathChoice) {
+        for addr in self.retired.drain(..) {
+            choice.retire(addr);
+        }
+    }
+
     /// A learned target (the source of the peer's check), checked at once when new.
     fn learned(&mut self, from: SocketAddr) {
         self.is_relayed(from);
@@ -245,6 +268,30 @@ impl Checks {
 
     /// Takes the peer's late candidates into the rounds and checks the new ones at once.
     fn take_trickled(&mut self, list: &CandidateList) {
+        // A path update replaced the peer's relayed addresses: the old ones go.
+        let listed_relays: Vec<SocketAddr> = list
+            .candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Relay)
+            .map(|c| c.addr)
+            .collect();
+        if !listed_relays.is_empty() {
+            let replaced: Vec<SocketAddr> = self
+                .known
+                .iter()
+                .filter(|c| c.kind == CandidateKind::Relay && !listed_relays.contains(&c.addr))
+                .map(|c| c.addr)
+                .collect();
+            for addr in replaced {
+                tracing::debug!(%addr, "the peer's relayed address was replaced");
+                self.schedule.forget_peer_relay(addr);
+                self.known.retain(|c| c.addr != addr);
+                self.last_answer.remove(&addr);
+                self.retired.push(addr);
+                // The peer's new address gets its time before ours are taken for lost.
+                self.renewed_at = Some(tokio::time::Instant::now());
+            }
+        }
         let fresh: Vec<Candidate> = list
             .candidates
             .iter()
@@ -275,6 +322,37 @@ impl Checks {
         self.add_relay_paths(&known);
     }
 
+    /// Our allocations changed while the connection is up (one was made again): the paths
+    /// through the old ones go, the new ones get paths to every public candidate of the peer
+    /// (and its permissions at the relay).
+    fn relays_renewed(&mut self) {
+        let now: Vec<Arc<dyn RelayHandle>> = self.relay_slot.all();
+        let live: std::collections::HashSet<SocketAddr> =
+            now.iter().map(|r| r.relayed_addr()).collect();
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.our_paths)
+            .into_iter()
+            .partition(|(allocation, _)| !live.contains(allocation));
+        let before: std::collections::HashSet<SocketAddr> =
+            self.relays.iter().map(|r| r.relayed_addr()).collect();
+        if before == live {
+            self.our_paths = kept;
+            self.our_paths.extend(gone);
+            return;
+        }
+        for (_, path) in &gone {
+            self.schedule.forget_relay_path(*path);
+            self.last_answer.remove(path);
+            self.retired.push(*path);
+        }
+        tracing::debug!(relays = ?live, "relay allocations made again");
+        self.renewed_at = Some(tokio::time::Instant::now());
+        self.our_paths = kept;
+        self.relays = now;
+        self.permitted.clear();
+        let known = self.known.clone();
+        self.add_relay_paths(&known);
+    }
+
     /// Checks through our relays to the peer's public candidates. Besides being paths, they
     /// open the relay's permission for the peer's IP, so that the peer's checks to our relayed
     /// address get through. Of the predicted ports only one per IP is taken, for that
@@ -298,6 +376,7 @@ impl Checks {
             for relay in &self.relays {
                 let path = relay.path_to(c.addr);
                 self.relayed.insert(path);
+                self.our_paths.push((relay.relayed_addr(), path));
                 paths.push(Candidate {
                     addr: path,
                     kind: CandidateKind::Relay,
@@ -310,11 +389,21 @@ impl Checks {
         }
     }
 
-    /// Takes what the trickle brought: new candidates, or the end of it.
-    fn on_trickle(&mut self, list: Option<CandidateList>) {
+    /// After the punch: what the trickle brought, also once it is complete (a path update),
+    /// until the signalling side is gone.
+    fn on_update(&mut self, list: Option<CandidateList>) {
         match list {
             Some(list) => self.take_trickled(&list),
             None => self.trickle = None,
+        }
+    }
+
+    /// Takes what the trickle brought: new candidates, or the end of it (the trickle is kept:
+    /// after the punch it brings the peer's path updates).
+    fn on_trickle(&mut self, list: Option<CandidateList>) {
+        match list {
+            Some(list) => self.take_trickled(&list),
+            None => self.trickle_done = true,
         }
     }
 
@@ -401,6 +490,8 @@ impl Checks {
         self.last_answer
             .insert(choice.current(), tokio::time::Instant::now());
         self.recheck_current(&mut choice);
+        let mut renewed = self.relay_slot.subscribe();
+        renewed.mark_unchanged();
         while now() < until {
             if !lifeline.alive() {
                 return;
@@ -421,11 +512,16 @@ impl Checks {
                     Some(CheckEvent::Answered(reply)) => self.on_answer(&peer, &mut choice, reply),
                     Some(CheckEvent::Received { from }) => self.learned(from),
                 },
-                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => {
-                    self.on_trickle(list);
+                list = next_update(&mut self.trickle), if self.trickle.is_some() => {
+                    self.on_update(list);
                     self.recheck_current(&mut choice);
+                    self.retire(&mut choice);
                 }
                 _ = relay_done(&mut self.relay_ready), if self.relay_ready.is_some() => self.relays_ready(),
+                Ok(()) = renewed.changed(), if self.relay_ready.is_none() => {
+                    self.relays_renewed();
+                    self.retire(&mut choice);
+                }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(at)) => {}
             }
         }
@@ -440,11 +536,16 @@ impl Checks {
                         self.is_relayed(from);
                     }
                 },
-                list = next_trickle(&mut self.trickle), if self.trickle.is_some() => {
-                    self.on_trickle(list);
+                list = next_update(&mut self.trickle), if self.trickle.is_some() => {
+                    self.on_update(list);
                     self.recheck_current(&mut choice);
+                    self.retire(&mut choice);
                 }
                 _ = relay_done(&mut self.relay_ready), if self.relay_ready.is_some() => self.relays_ready(),
+                Ok(()) = renewed.changed(), if self.relay_ready.is_none() => {
+                    self.relays_renewed();
+                    self.retire(&mut choice);
+                }
                 _ = tick.tick() => self.monitor_round(&peer, &mut choice),
             }
         }
@@ -454,8 +555,17 @@ impl Checks {
     fn monitor_round(&mut self, peer: &PeerId, choice: &mut PathChoice) {
         let now = tokio::time::Instant::now();
         let current = choice.current();
-        let heard = |addr: &SocketAddr| self.last_answer.get(addr).copied();
-        let dead = heard(&current).is_none_or(|at| now.duration_since(at) > DEAD_AFTER);
+        // A check answered, or any packet of the connection: under a full queue checks get
+        // lost while the path works.
+        let heard = |addr: &SocketAddr| {
+            let packets = self
+                .prober
+                .last_heard(*addr)
+                .map(tokio::time::Instant::from_std);
+            self.last_answer.get(addr).copied().max(packets)
+        };
+        let dead = choice.retired()
+            || heard(&current).is_none_or(|at| now.duration_since(at) > DEAD_AFTER);
         if dead {
             // The freshest pair still answering, a direct one first.
             let fallback = self
@@ -468,10 +578,33 @@ impl Checks {
                 let relayed = self.relayed.contains(&to);
                 choice.fall_back(to, relayed);
                 self.move_route(peer, current, to, relayed, Duration::ZERO);
+            } else if choice.relayed()
+                && [self.renewed_at, self.marked_lost_at]
+                    .iter()
+                    .all(|at| at.is_none_or(|at| now.duration_since(at) >= RENEWAL_GRACE))
+            {
+                // The relay path died and nothing else answers: the relay may have restarted
+                // and forgotten our allocations. They are made again (the peer does the same
+                // with its own), and the new relayed addresses go to the peer. New ones get
+                // their time to be learned and checked.
+                self.marked_lost_at = Some(now);
+                for relay in &self.relays {
+                    relay.mark_lost();
+                }
             }
         }
         let mut targets = vec![choice.current()];
-        if choice.relayed() {
+        if dead {
+            // Every pair, relayed ones too: whichever answers first carries the connection
+            // again (a relayed address made again is new to the schedule's rounds).
+            targets.extend(
+                self.schedule
+                    .targets()
+                    .iter()
+                    .filter(|t| **t != choice.current())
+                    .copied(),
+            );
+        } else if choice.relayed() {
             // Try the direct pairs again: the path that broke may be back.
             targets.extend(
                 self.schedule
@@ -499,6 +632,12 @@ impl Checks {
             }
         }
     }
+}
+
+/// The peer's next list, also after it is done (path updates); `None` once the signalling
+/// side is gone.
+async fn next_update(trickle: &mut Option<RemoteTrickle>) -> Option<CandidateList> {
+    trickle.as_mut()?.updated().await
 }
 
 /// The peer's next trickled list; `None` once it is done.
@@ -594,6 +733,7 @@ async fn punch(
         schedule: PunchSchedule::new(&targets, local, now(), config),
         filter,
         trickle: trickle.take(),
+        trickle_done: false,
         relayed: remote_candidates
             .iter()
             .filter(|c| c.kind == CandidateKind::Relay)
@@ -603,6 +743,10 @@ async fn punch(
         relays: Vec::new(),
         permitted: std::collections::HashSet::new(),
         udp_blocked: NatClass::of(attempt.local_nat.as_ref()) == NatClass::UdpBlocked,
+        our_paths: Vec::new(),
+        retired: Vec::new(),
+        renewed_at: None,
+        marked_lost_at: None,
         relay_ready: relay_ready.map(|f| Box::pin(f) as _),
         relay_slot: attempt.relays.clone(),
         last_answer: std::collections::HashMap::new(),
@@ -650,7 +794,7 @@ async fn punch(
                         // towards us): check it at once, a "triggered check".
                         Some(CheckEvent::Received { from }) => checks.learned(from),
                     },
-                    list = next_trickle(&mut checks.trickle), if checks.trickle.is_some() => checks.on_trickle(list),
+                    list = next_trickle(&mut checks.trickle), if checks.trickle.is_some() && !checks.trickle_done => checks.on_trickle(list),
                     _ = relay_done(&mut checks.relay_ready), if checks.relay_ready.is_some() => checks.relays_ready(),
                     Some((index, event)) = spray_events.recv() => {
                         let Some(socket) = spray.as_ref().and_then(|s| s.sockets.get(index)).cloned() else {

@@ -106,11 +106,17 @@ pub struct PunchSchedule {
     config: PunchConfig,
     /// The peer may still trickle candidates: no targets yet is no reason to give up.
     more_coming: bool,
-    /// How many targets of each kind, each within its own cap.
-    direct: usize,
-    peer_relays: usize,
-    relay_paths: usize,
-    learned: usize,
+    /// The kind of each target, each kind within its own cap.
+    kinds: std::collections::HashMap<SocketAddr, TargetKind>,
+}
+
+/// What a target is, for the caps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetKind {
+    Direct,
+    PeerRelay,
+    RelayPath,
+    Learned,
 }
 
 impl PunchSchedule {
@@ -123,10 +129,7 @@ impl PunchSchedule {
             deadline: now + config.timeout,
             config,
             more_coming: false,
-            direct: 0,
-            peer_relays: 0,
-            relay_paths: 0,
-            learned: 0,
+            kinds: std::collections::HashMap::new(),
         };
         schedule.add_candidates(remote, local);
         schedule
@@ -140,12 +143,7 @@ impl PunchSchedule {
     /// Adds a target learned on the way (the source of the peer's check); true when it is new
     /// and should be checked now. Bounded by [`MAX_LEARNED`].
     pub fn add_target(&mut self, addr: SocketAddr) -> bool {
-        if self.targets.contains(&addr) || self.learned >= MAX_LEARNED {
-            return false;
-        }
-        self.targets.push(addr);
-        self.learned += 1;
-        true
+        self.add(addr, TargetKind::Learned)
     }
 
     /// Adds candidates (at first, or late when trickled), best first, each kind within its
@@ -163,14 +161,12 @@ impl PunchSchedule {
             if self.targets.contains(&c.addr) {
                 continue;
             }
-            let (count, cap) = if c.kind == CandidateKind::Relay {
-                (&mut self.peer_relays, MAX_PEER_RELAYS)
+            let kind = if c.kind == CandidateKind::Relay {
+                TargetKind::PeerRelay
             } else {
-                (&mut self.direct, MAX_REMOTE_CANDIDATES)
+                TargetKind::Direct
             };
-            if *count < cap {
-                *count += 1;
-                self.targets.push(c.addr);
+            if self.add(c.addr, kind) {
                 added.push(c.addr);
             }
         }
@@ -187,13 +183,48 @@ impl PunchSchedule {
     pub fn add_relay_paths(&mut self, paths: &[Candidate]) -> Vec<SocketAddr> {
         let mut added = Vec::new();
         for path in paths {
-            if !self.targets.contains(&path.addr) && self.relay_paths < MAX_RELAY_PATHS {
-                self.targets.push(path.addr);
-                self.relay_paths += 1;
+            if self.add(path.addr, TargetKind::RelayPath) {
                 added.push(path.addr);
             }
         }
         added
+    }
+
+    /// Drops a relayed address the peer replaced (its allocation was made again), freeing its
+    /// place under [`MAX_PEER_RELAYS`]; true when it was a target.
+    pub fn forget_peer_relay(&mut self, addr: SocketAddr) -> bool {
+        self.forget(addr)
+    }
+
+    /// Drops a path through one of our allocations that was made again, freeing its place
+    /// under [`MAX_RELAY_PATHS`]; true when it was a target.
+    pub fn forget_relay_path(&mut self, addr: SocketAddr) -> bool {
+        self.forget(addr)
+    }
+
+    /// Adds `addr` as a target of `kind` when it is new and its kind has room.
+    fn add(&mut self, addr: SocketAddr, kind: TargetKind) -> bool {
+        let cap = match kind {
+            TargetKind::Direct => MAX_REMOTE_CANDIDATES,
+            TargetKind::PeerRelay => MAX_PEER_RELAYS,
+            TargetKind::RelayPath => MAX_RELAY_PATHS,
+            TargetKind::Learned => MAX_LEARNED,
+        };
+        if self.kinds.contains_key(&addr)
+            || self.kinds.values().filter(|k| **k == kind).count() >= cap
+        {
+            return false;
+        }
+        self.kinds.insert(addr, kind);
+        self.targets.push(addr);
+        true
+    }
+
+    /// Drops `addr` from the targets, whatever it was added as (a relayed address the peer's
+    /// check taught us before its path update did is a learned target).
+    fn forget(&mut self, addr: SocketAddr) -> bool {
+        self.targets.retain(|t| *t != addr);
+        self.kinds.remove(&addr).is_some()
     }
 
     /// When the schedule gives up.
@@ -386,6 +417,28 @@ mod tests {
             s.add_candidates(&relays, local()).len(),
             MAX_PEER_RELAYS - 1
         );
+        // Relayed addresses made again replace the old ones, however often it happens.
+        for round in 0..20u16 {
+            assert!(s.forget_peer_relay(relay.addr) || round > 0);
+            assert!(s.forget_relay_path(paths[0].addr) || round > 0);
+            let again = kind(
+                &format!("203.0.113.9:{}", 60000 + round),
+                CandidateKind::Relay,
+            );
+            assert_eq!(s.add_candidates(&[again], local()), vec![again.addr]);
+            assert!(s.forget_peer_relay(again.addr));
+            let path = kind(&format!("250.0.1.1:{}", round + 1), CandidateKind::Relay);
+            assert_eq!(s.add_relay_paths(&[path]), vec![path.addr]);
+            assert!(s.forget_relay_path(path.addr));
+        }
+        assert!(!s.forget_peer_relay("203.0.113.9:1".parse().unwrap()));
+        // A relayed address the peer's check taught us (learned) frees the learned cap when
+        // the peer replaces it, again and again.
+        for round in 0..20u16 {
+            let taught: SocketAddr = format!("203.0.113.9:{}", 40000 + round).parse().unwrap();
+            assert!(s.add_target(taught), "round {round}");
+            assert!(s.forget_peer_relay(taught));
+        }
     }
 
     #[test]

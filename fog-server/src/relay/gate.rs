@@ -468,6 +468,7 @@ mod tests {
                 1_000_000,
                 Instant::now(),
             )),
+            own: Mutex::default(),
         });
         Gate {
             inner: Arc::new(socket),

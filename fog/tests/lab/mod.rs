@@ -59,13 +59,11 @@ pub fn lab_with_fog_server(relay: bool) -> (Lab, ChildGuard) {
 
 /// [`lab_with_fog_server`], and the server host, for more servers on it.
 pub fn lab_with_server_host(relay: bool) -> (Lab, Host, ChildGuard) {
-    let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
-    let server = lab
-        .server(&[
-            Ipv4Addr::new(203, 0, 113, 9),
-            Ipv4Addr::new(203, 0, 113, 10),
-        ])
-        .unwrap();
+    lab_with_server_args(relay, &[])
+}
+
+/// The `fog server` arguments of the lab (with the relay when `relay` is set), and `more`.
+pub fn fog_server_args<'a>(relay: bool, more: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "server",
         "--signal",
@@ -85,7 +83,24 @@ pub fn lab_with_server_host(relay: bool) -> (Lab, Host, ChildGuard) {
             "0",
         ]);
     }
-    let fog_server = start(&server, &args, "fog signal server on");
+    args.extend(more);
+    args
+}
+
+/// [`lab_with_server_host`] with `more` arguments for `fog server`.
+pub fn lab_with_server_args(relay: bool, more: &[&str]) -> (Lab, Host, ChildGuard) {
+    let mut lab = Lab::new().expect("the NAT test bed needs root, ip and nft");
+    let server = lab
+        .server(&[
+            Ipv4Addr::new(203, 0, 113, 9),
+            Ipv4Addr::new(203, 0, 113, 10),
+        ])
+        .unwrap();
+    let fog_server = start(
+        &server,
+        &fog_server_args(relay, more),
+        "fog signal server on",
+    );
     (lab, server, fog_server)
 }
 
