@@ -127,6 +127,13 @@ pub trait Prober: Send + Sync + 'static {
         None
     }
 
+    /// When a datagram of `peer`'s routed connection last came in, over any path; `None`
+    /// when the prober does not know.
+    fn last_heard_from(&self, peer: &crate::PeerId) -> Option<std::time::Instant> {
+        let _ = peer;
+        None
+    }
+
     /// The prober as `Any`, so that a transport can take over the socket it wraps.
     fn as_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }

@@ -29,6 +29,8 @@ use crate::socket::FogSocket;
 const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an allocation may take: two round trips to the relay, with retransmissions.
 const ALLOCATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an allocation that timed out is still waited for, to release it at the relay.
+const LATE_ALLOCATION: Duration = Duration::from_secs(30);
 /// Datagrams queued towards one relay before new ones are dropped (as a congested link would).
 const SEND_QUEUE: usize = 1024;
 /// An allocation is made again this long before the relay ends it (its lifetime runs out and
@@ -438,18 +440,44 @@ pub(crate) async fn allocate(
         .listen()
         .await
         .map_err(|e| detach(refused(e.to_string())))?;
-    let relay_conn: Arc<dyn Conn + Send + Sync> =
-        match tokio::time::timeout(ALLOCATE_TIMEOUT, client.allocate()).await {
-            Ok(Ok(conn)) => Arc::new(conn),
-            Ok(Err(e)) => {
-                let _ = client.close().await;
-                return Err(detach(refused(e.to_string())));
+    // The allocation runs on a task of its own that outlives a timeout: an answer that comes
+    // late (a loaded relay) is an allocation the relay keeps for this 5-tuple, and would
+    // refuse the next one (437) until it expires; the task releases it.
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+    let late = {
+        let socket = Arc::downgrade(socket);
+        let server = relay.addr;
+        move |client: turn::client::Client, result: Result<Arc<dyn Conn + Send + Sync>, _>| async move {
+            if let Ok(conn) = result {
+                tracing::debug!(%server, "late relay allocation released");
+                let _ = conn.close().await;
             }
-            Err(_) => {
-                let _ = client.close().await;
-                return Err(detach(RelayError::Timeout(relay.addr)));
+            let _ = client.close().await;
+            if let Some(socket) = socket.upgrade() {
+                socket.detach_relay(id, server);
             }
-        };
+        }
+    };
+    tokio::spawn(async move {
+        let result = tokio::time::timeout(LATE_ALLOCATION, client.allocate())
+            .await
+            .map_err(|_| turn::Error::Other("no answer".into()))
+            .and_then(|r| r)
+            .map(|conn| Arc::new(conn) as Arc<dyn Conn + Send + Sync>);
+        if let Err((client, result)) = answer_tx.send((client, result)) {
+            late(client, result).await;
+        }
+    });
+    let (client, relay_conn) = match tokio::time::timeout(ALLOCATE_TIMEOUT, answer_rx).await {
+        Ok(Ok((client, Ok(conn)))) => (client, conn),
+        Ok(Ok((client, Err(e)))) => {
+            let _ = client.close().await;
+            return Err(detach(refused(e.to_string())));
+        }
+        Ok(Err(_)) => return Err(detach(RelayError::SocketClosed)),
+        // The task goes on, and releases what comes late.
+        Err(_) => return Err(RelayError::Timeout(relay.addr)),
+    };
     let relayed = relay_conn
         .local_addr()
         .map_err(|e| detach(refused(e.to_string())))?;

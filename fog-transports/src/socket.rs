@@ -26,7 +26,8 @@ use tokio::sync::oneshot;
 
 use crate::check::{self, CheckKind};
 
-/// How long a session keeps answering checks after it was last watched.
+/// How long a session keeps answering checks from when it was first watched, once nobody
+/// watches it any more (a watched session answers for as long as it is watched).
 const ANSWER_TTL: Duration = Duration::from_secs(60);
 /// First retransmission of a STUN request, and when to give up. The lookup runs beside the
 /// signalling (its result is trickled), so a busy STUN server is given time rather than
@@ -87,6 +88,9 @@ struct Routes {
     /// When a datagram last came from each of those real addresses: a path that carries the
     /// connection's packets is alive, even when a check on it is lost in a queue.
     heard: HashMap<SocketAddr, Instant>,
+    /// When a datagram last came from each peer (by stand-in), over whichever path: its route
+    /// back to us may not be the one we send on.
+    heard_peer: HashMap<SocketAddr, Instant>,
     allocated: u32,
 }
 
@@ -671,7 +675,9 @@ impl FogSocket {
         let mut routes = self.routes();
         match routes.by_real.get(&real).copied() {
             Some(stand_in) => {
-                routes.heard.insert(real, Instant::now());
+                let now = Instant::now();
+                routes.heard.insert(real, now);
+                routes.heard_peer.insert(stand_in, now);
                 drop(routes);
                 self.presented(stand_in)
             }
@@ -706,7 +712,12 @@ impl FogSocket {
                 let Some(session) = checks.sessions.get_mut(&packet.session) else {
                     return;
                 };
-                if session.answer_until < Instant::now() || !packet.verify(&session.secret) {
+                // Answered while the connection watches the session (its path is checked
+                // for as long as it lives), and for ANSWER_TTL from the first watch otherwise.
+                let watched = session.events.as_ref().is_some_and(|e| !e.is_closed());
+                if (!watched && session.answer_until < Instant::now())
+                    || !packet.verify(&session.secret)
+                {
                     return;
                 }
                 // A copy of a genuine request sent from another address (a third party that
@@ -802,6 +813,12 @@ impl Prober for FogSocket {
 
     fn last_heard(&self, addr: SocketAddr) -> Option<Instant> {
         self.routes().heard.get(&canonical(addr)).copied()
+    }
+
+    fn last_heard_from(&self, peer: &PeerId) -> Option<Instant> {
+        let routes = self.routes();
+        let stand_in = routes.by_peer.get(peer)?;
+        routes.heard_peer.get(stand_in).copied()
     }
 
     fn note_peer_relay(&self, addr: SocketAddr) {

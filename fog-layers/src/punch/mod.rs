@@ -551,6 +551,16 @@ impl Checks {
         }
     }
 
+    /// Whether nothing at all came from `peer` for [`DEAD_AFTER`], over any path (its packets
+    /// may come back another way than ours go: the pair in use can lose its checks in a full
+    /// queue while the connection lives).
+    fn peer_silent(&self, peer: &PeerId, now: tokio::time::Instant) -> bool {
+        self.prober
+            .last_heard_from(peer)
+            .map(tokio::time::Instant::from_std)
+            .is_none_or(|at| now.duration_since(at) > DEAD_AFTER)
+    }
+
     /// One round of watching: keep-alive checks, and a fall-back when the pair in use died.
     fn monitor_round(&mut self, peer: &PeerId, choice: &mut PathChoice) {
         let now = tokio::time::Instant::now();
@@ -579,6 +589,7 @@ impl Checks {
                 choice.fall_back(to, relayed);
                 self.move_route(peer, current, to, relayed, Duration::ZERO);
             } else if choice.relayed()
+                && self.peer_silent(peer, now)
                 && [self.renewed_at, self.marked_lost_at]
                     .iter()
                     .all(|at| at.is_none_or(|at| now.duration_since(at) >= RENEWAL_GRACE))
