@@ -37,3 +37,4 @@ cargo run --locked -q -p fog-benches --bin fog-bench-punch -- --quick
 cargo run --locked -q -p fog-benches --bin fog-bench-relay -- --quick
 cargo run --locked -q -p fog-benches --bin fog-bench-apps -- --quick
 cargo run --locked -q -p fog-benches --bin fog-bench-transports -- --quick
+cargo run --locked -q -p fog-benches --bin fog-bench-recovery -- --quick
