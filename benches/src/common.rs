@@ -47,11 +47,28 @@ pub fn median_p95(mut samples: Vec<f64>) -> Option<(f64, f64)> {
 /// plus `extra` arguments (a relay, say). Keep both: dropping the guard stops the server,
 /// dropping the lab removes its namespaces.
 pub fn lab_with_fog_server(fog: &Path, extra: &[&str]) -> Result<(Lab, ChildGuard)> {
+    let (lab, _server, fog_server) = lab_with_server_host(fog, extra)?;
+    Ok((lab, fog_server))
+}
+
+/// [`lab_with_fog_server`] with the server host, to start `fog server` again on it.
+pub fn lab_with_server_host(fog: &Path, extra: &[&str]) -> Result<(Lab, Host, ChildGuard)> {
     let mut lab = Lab::new().map_err(|e| anyhow!("the NAT test bed: {e}"))?;
     let server = lab.server(&[
         std::net::Ipv4Addr::new(203, 0, 113, 9),
         std::net::Ipv4Addr::new(203, 0, 113, 10),
     ])?;
+    let fog_server = start(
+        &server,
+        fog,
+        &fog_server_args(extra),
+        "fog signal server on",
+    )?;
+    Ok((lab, server, fog_server))
+}
+
+/// The lab server host's `fog server` arguments (signal, RFC 5780 STUN) and `extra`.
+pub fn fog_server_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "server",
         "--signal",
@@ -62,6 +79,5 @@ pub fn lab_with_fog_server(fog: &Path, extra: &[&str]) -> Result<(Lab, ChildGuar
         "203.0.113.10:3479",
     ];
     args.extend(extra);
-    let fog_server = start(&server, fog, &args, "fog signal server on")?;
-    Ok((lab, fog_server))
+    args
 }

@@ -151,55 +151,6 @@ fn start_echo(dialer: &Host, name: &str) -> Result<(Echo, std::thread::JoinHandl
     Ok((echo, thread))
 }
 
-/// Every packet in and out of `host`'s access link dropped while it lives.
-struct Dark {
-    host: Host,
-    table: String,
-}
-
-fn nft(host: &Host, script: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = host
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    child
-        .stdin
-        .take()
-        .expect("piped")
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-impl Dark {
-    fn new(host: &Host) -> Result<Dark> {
-        let table = format!("fogbench_dark_{}", std::process::id());
-        nft(
-            host,
-            &format!(
-                "table inet {table} {{\n chain in {{ type filter hook input priority -300; iifname \"eth0\" drop; }}\n \
-                 chain out {{ type filter hook output priority -300; oifname \"eth0\" drop; }}\n}}\n"
-            ),
-        )?;
-        Ok(Dark {
-            host: host.clone(),
-            table,
-        })
-    }
-}
-
-impl Drop for Dark {
-    fn drop(&mut self) {
-        let _ = nft(&self.host, &format!("delete table inet {}\n", self.table));
-    }
-}
-
 /// Moves `host` to the other of its two LAN addresses (`.m` and `.m+100`).
 fn renumber(host: &Host, round: usize) -> Result<()> {
     let [a, b, c, d] = host.addr().octets();
@@ -234,16 +185,9 @@ fn renumber(host: &Host, round: usize) -> Result<()> {
     Ok(())
 }
 
-/// The server host's `fog server` arguments (relay on, no rate limit) and `more`.
+/// The server host's `fog server` arguments: the relay on, without a rate limit, and `more`.
 fn server_args<'a>(more: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
-        "server",
-        "--signal",
-        "203.0.113.9:7600",
-        "--stun",
-        "203.0.113.9:3478",
-        "--stun-alt",
-        "203.0.113.10:3479",
         "--relay",
         RELAY,
         "--relay-tcp",
@@ -252,7 +196,7 @@ fn server_args<'a>(more: &[&'a str]) -> Vec<&'a str> {
         "0",
     ];
     args.extend(more);
-    args
+    common::fog_server_args(&args)
 }
 
 /// A lab, its server host running `fog server` (relay on), `fog serve` behind `b` and a
@@ -368,7 +312,7 @@ fn main() -> Result<()> {
             } else {
                 &bed.served
             };
-            let dark = Dark::new(host)?;
+            let dark = host.go_dark()?;
             std::thread::sleep(OUTAGE);
             drop(dark);
             Ok(Instant::now())

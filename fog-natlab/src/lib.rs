@@ -291,6 +291,20 @@ impl Host {
         &self.addrs
     }
 
+    /// Drops every packet in and out of the host's access link (a dead Wi-Fi, a cable pulled
+    /// upstream) until the returned guard is dropped: the host keeps its address and routes,
+    /// and nothing gets through.
+    pub fn go_dark(&self) -> Result<Dark, LabError> {
+        self.tools.nft(
+            &self.name,
+            &format!(
+                "table inet {DARK_TABLE} {{\n chain in {{ type filter hook input priority -300; iifname \"eth0\" drop; }}\n \
+                 chain out {{ type filter hook output priority -300; oifname \"eth0\" drop; }}\n}}\n"
+            ),
+        )?;
+        Ok(Dark { host: self.clone() })
+    }
+
     /// `ip netns exec NS program`: a command that runs `program` inside this host's namespace,
     /// e.g. the `fog` binary; add arguments and run it as any [`Command`].
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
@@ -353,6 +367,26 @@ impl Host {
             Ok(Ok(result)) => result,
             Ok(Err(panic)) => std::panic::resume_unwind(panic),
             Err(_) => Err(LabError::ThreadLost(self.name.clone())),
+        }
+    }
+}
+
+/// The nftables table of [`Host::go_dark`].
+const DARK_TABLE: &str = "natlab_dark";
+
+/// A host's access link gone dark, from [`Host::go_dark`]; dropping it brings the link back.
+#[derive(Debug)]
+pub struct Dark {
+    host: Host,
+}
+
+impl Drop for Dark {
+    fn drop(&mut self) {
+        if let Err(e) = self.host.tools.nft(
+            &self.host.name,
+            &format!("delete table inet {DARK_TABLE}\n"),
+        ) {
+            tracing::warn!(host = %self.host.name, error = %e, "the dark link was not lifted");
         }
     }
 }

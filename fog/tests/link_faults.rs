@@ -21,43 +21,6 @@ const OUTAGE: Duration = Duration::from_secs(10);
 /// One 64 KiB block per tick: 4 MiB/s.
 const PACE: Duration = Duration::from_micros(15_625);
 
-/// A fault the test applies to the lab while the stream runs, and lifts.
-struct Fault {
-    host: Host,
-    table: String,
-}
-
-impl Fault {
-    /// Every packet in and out of `host`'s access link dropped (a dead Wi-Fi, a pulled cable
-    /// upstream): the host keeps its address and routes, and nothing gets through.
-    fn dark(host: &Host) -> Fault {
-        let table = format!("fogtest_dark_{}", std::process::id());
-        let script = format!(
-            "table inet {table} {{\n chain in {{ type filter hook input priority -300; iifname \"eth0\" drop; }}\n \
-             chain out {{ type filter hook output priority -300; oifname \"eth0\" drop; }}\n}}\n"
-        );
-        let out = nft(host.name(), &script).expect("nft runs");
-        assert!(
-            out.status.success(),
-            "nft: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Fault {
-            host: host.clone(),
-            table,
-        }
-    }
-}
-
-impl Drop for Fault {
-    fn drop(&mut self) {
-        let _ = nft(
-            self.host.name(),
-            &format!("delete table inet {}\n", self.table),
-        );
-    }
-}
-
 /// Gives `host` a new address in its LAN (as a new DHCP lease or another Wi-Fi would) and
 /// takes the old one away: its sockets stay open, and what they send leaves from the new
 /// address, through a new NAT mapping.
@@ -361,7 +324,7 @@ fn a_stream_survives_the_dialers_link_dark_for_10_s() {
         NatBehaviour::PortRestrictedCone,
         "dialer-dark",
         |dialer, _| {
-            let _dark = Fault::dark(dialer);
+            let _dark = dialer.go_dark().unwrap();
             std::thread::sleep(OUTAGE);
         },
     );
@@ -374,7 +337,7 @@ fn a_stream_survives_the_servers_link_dark_for_10_s() {
         NatBehaviour::RestrictedCone,
         "server-dark",
         |_, served| {
-            let _dark = Fault::dark(served);
+            let _dark = served.go_dark().unwrap();
             std::thread::sleep(OUTAGE);
         },
     );
