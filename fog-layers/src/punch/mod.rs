@@ -284,7 +284,7 @@ impl Checks {
                 .collect();
             for addr in replaced {
                 tracing::debug!(%addr, "the peer's relayed address was replaced");
-                self.schedule.forget_peer_relay(addr);
+                self.schedule.forget(addr);
                 self.known.retain(|c| c.addr != addr);
                 self.last_answer.remove(&addr);
                 self.retired.push(addr);
@@ -340,7 +340,7 @@ impl Checks {
             return;
         }
         for (_, path) in &gone {
-            self.schedule.forget_relay_path(*path);
+            self.schedule.forget(*path);
             self.last_answer.remove(path);
             self.retired.push(*path);
         }

@@ -190,18 +190,6 @@ impl PunchSchedule {
         added
     }
 
-    /// Drops a relayed address the peer replaced (its allocation was made again), freeing its
-    /// place under [`MAX_PEER_RELAYS`]; true when it was a target.
-    pub fn forget_peer_relay(&mut self, addr: SocketAddr) -> bool {
-        self.forget(addr)
-    }
-
-    /// Drops a path through one of our allocations that was made again, freeing its place
-    /// under [`MAX_RELAY_PATHS`]; true when it was a target.
-    pub fn forget_relay_path(&mut self, addr: SocketAddr) -> bool {
-        self.forget(addr)
-    }
-
     /// Adds `addr` as a target of `kind` when it is new and its kind has room.
     fn add(&mut self, addr: SocketAddr, kind: TargetKind) -> bool {
         let cap = match kind {
@@ -220,9 +208,11 @@ impl PunchSchedule {
         true
     }
 
-    /// Drops `addr` from the targets, whatever it was added as (a relayed address the peer's
-    /// check taught us before its path update did is a learned target).
-    fn forget(&mut self, addr: SocketAddr) -> bool {
+    /// Drops a target that is gone for good (a relayed address made again, ours or the
+    /// peer's), freeing its place under its kind's cap whatever it was added as (a relayed
+    /// address the peer's check taught us before its path update did is a learned target);
+    /// true when it was a target.
+    pub fn forget(&mut self, addr: SocketAddr) -> bool {
         self.targets.retain(|t| *t != addr);
         self.kinds.remove(&addr).is_some()
     }
@@ -419,25 +409,25 @@ mod tests {
         );
         // Relayed addresses made again replace the old ones, however often it happens.
         for round in 0..20u16 {
-            assert!(s.forget_peer_relay(relay.addr) || round > 0);
-            assert!(s.forget_relay_path(paths[0].addr) || round > 0);
+            assert!(s.forget(relay.addr) || round > 0);
+            assert!(s.forget(paths[0].addr) || round > 0);
             let again = kind(
                 &format!("203.0.113.9:{}", 60000 + round),
                 CandidateKind::Relay,
             );
             assert_eq!(s.add_candidates(&[again], local()), vec![again.addr]);
-            assert!(s.forget_peer_relay(again.addr));
+            assert!(s.forget(again.addr));
             let path = kind(&format!("250.0.1.1:{}", round + 1), CandidateKind::Relay);
             assert_eq!(s.add_relay_paths(&[path]), vec![path.addr]);
-            assert!(s.forget_relay_path(path.addr));
+            assert!(s.forget(path.addr));
         }
-        assert!(!s.forget_peer_relay("203.0.113.9:1".parse().unwrap()));
+        assert!(!s.forget("203.0.113.9:1".parse().unwrap()));
         // A relayed address the peer's check taught us (learned) frees the learned cap when
         // the peer replaces it, again and again.
         for round in 0..20u16 {
             let taught: SocketAddr = format!("203.0.113.9:{}", 40000 + round).parse().unwrap();
             assert!(s.add_target(taught), "round {round}");
-            assert!(s.forget_peer_relay(taught));
+            assert!(s.forget(taught));
         }
     }
 
