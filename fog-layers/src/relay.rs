@@ -94,6 +94,20 @@ async fn relay_addr(url: &str, transport: TurnTransport, local: SocketAddr) -> O
     found
 }
 
+/// The configured relays' grants and the signal server's fresh ones for reaching `peer`.
+async fn grants(
+    signaller: &dyn Signaller,
+    peer: PeerRef,
+    configured: Vec<RelayGrant>,
+) -> Vec<RelayGrant> {
+    let mut grants = configured;
+    match signaller.relay_credentials(peer).await {
+        Ok(granted) => grants.extend(granted),
+        Err(e) => tracing::debug!(error = %e, "no relay credentials from the signal server"),
+    }
+    grants
+}
+
 /// Gets credentials and allocates on every relay at once; the first allocation wins and the
 /// others are dropped (which ends them).
 async fn allocate_nearest(
@@ -105,11 +119,7 @@ async fn allocate_nearest(
     slot: RelaySlot,
     events: EventBus,
 ) -> Vec<Candidate> {
-    let mut grants = configured;
-    match signaller.relay_credentials(peer).await {
-        Ok(granted) => grants.extend(granted),
-        Err(e) => tracing::debug!(error = %e, "no relay credentials from the signal server"),
-    }
+    let grants = grants(&*signaller, peer, configured).await;
     let local = prober.local_addr();
     let mut allocations = FuturesUnordered::new();
     for grant in grants {
@@ -199,11 +209,7 @@ impl Keeper {
 
     /// Allocates again on the relays in `stale`; how many it made.
     async fn renew(&self, peer: fog_core::PeerId, stale: &[SocketAddr]) -> usize {
-        let mut grants = self.configured.clone();
-        match self.signaller.relay_credentials(PeerRef::Id(peer)).await {
-            Ok(granted) => grants.extend(granted),
-            Err(e) => tracing::debug!(error = %e, "no fresh relay credentials"),
-        }
+        let grants = grants(&*self.signaller, PeerRef::Id(peer), self.configured.clone()).await;
         let local = self.prober.local_addr();
         let mut made = 0;
         for grant in grants {
