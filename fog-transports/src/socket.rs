@@ -84,14 +84,16 @@ struct Routes {
     /// Stand-in address to the real address packets go to now.
     current: HashMap<SocketAddr, SocketAddr>,
     /// Every real address a route used, to its stand-in.
-    by_real: HashMap<SocketAddr, SocketAddr>,
-    /// When a datagram last came from each of those real addresses: a path that carries the
-    /// connection's packets is alive, even when a check on it is lost in a queue.
-    heard: HashMap<SocketAddr, Instant>,
-    /// When a datagram last came from each peer (by stand-in), over whichever path: its route
-    /// back to us may not be the one we send on.
-    heard_peer: HashMap<SocketAddr, Instant>,
+    by_real: HashMap<SocketAddr, Routed>,
     allocated: u32,
+}
+
+/// A real address a route used.
+struct Routed {
+    stand_in: SocketAddr,
+    /// When a datagram last came from it: a path that carries the connection's packets is
+    /// alive, even when a check on it is lost in a queue.
+    heard: Option<Instant>,
 }
 
 /// Most real addresses remembered across all routes.
@@ -148,9 +150,14 @@ impl Routes {
             let live: std::collections::HashSet<SocketAddr> =
                 self.current.values().copied().collect();
             self.by_real.retain(|real, _| live.contains(real));
-            self.heard.retain(|real, _| live.contains(real));
         }
-        self.by_real.insert(real, stand_in);
+        self.by_real
+            .entry(real)
+            .and_modify(|r| r.stand_in = stand_in)
+            .or_insert(Routed {
+                stand_in,
+                heard: None,
+            });
     }
 
     fn route(&mut self, peer: &PeerId, real: SocketAddr) -> SocketAddr {
@@ -673,11 +680,10 @@ impl FogSocket {
         }
         let real = canonical(from);
         let mut routes = self.routes();
-        match routes.by_real.get(&real).copied() {
-            Some(stand_in) => {
-                let now = Instant::now();
-                routes.heard.insert(real, now);
-                routes.heard_peer.insert(stand_in, now);
+        match routes.by_real.get_mut(&real) {
+            Some(routed) => {
+                routed.heard = Some(Instant::now());
+                let stand_in = routed.stand_in;
                 drop(routes);
                 self.presented(stand_in)
             }
@@ -812,13 +818,21 @@ impl Prober for FogSocket {
     }
 
     fn last_heard(&self, addr: SocketAddr) -> Option<Instant> {
-        self.routes().heard.get(&canonical(addr)).copied()
+        self.routes().by_real.get(&canonical(addr))?.heard
     }
 
     fn last_heard_from(&self, peer: &PeerId) -> Option<Instant> {
+        // Over any of the peer's addresses: its route back to us may not be the one we send
+        // on. Asked once a second per connection at most, so a scan beats a second table
+        // written on every datagram.
         let routes = self.routes();
-        let stand_in = routes.by_peer.get(peer)?;
-        routes.heard_peer.get(stand_in).copied()
+        let stand_in = *routes.by_peer.get(peer)?;
+        routes
+            .by_real
+            .values()
+            .filter(|r| r.stand_in == stand_in)
+            .filter_map(|r| r.heard)
+            .max()
     }
 
     fn note_peer_relay(&self, addr: SocketAddr) {
